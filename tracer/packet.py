@@ -2,7 +2,8 @@
 
 Rules:
 - A **frame batch** (source -> decode) holds one row per capture record: when and how it was
-  captured, and the first `HEAD_LEN` bytes of the frame (zero-padded past `caplen`). Decode
+  captured, and the first `HEAD_LEN` bytes of the frame (bytes past `caplen` are undefined:
+  decode checks every field against `caplen`). Decode
   needs nothing else, so sources never hand whole frames around.
 - A **packet batch** (decode -> flows) is one numpy structured array of `PACKET_DTYPE`, one row
   per decoded TCP segment, in capture order. Frames that are not TCP, or that are malformed,
@@ -95,7 +96,7 @@ class FrameBatch:
     linktype: np.ndarray  # uint16
     caplen: np.ndarray  # uint32
     wirelen: np.ndarray  # uint32
-    head: np.ndarray  # uint8 (n, HEAD_LEN), zero past caplen
+    head: np.ndarray  # uint8 (n, HEAD_LEN); bytes past caplen are undefined
 
     def __len__(self) -> int:
         return int(self.frame.shape[0])

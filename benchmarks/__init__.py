@@ -1,0 +1,1 @@
+# Benchmarks for tracer: capture generators and throughput/memory measurements (see README.md).
