@@ -69,7 +69,7 @@ PACKET_DTYPE = np.dtype(
         ("dport", np.uint16),
         ("seq", np.uint32),  # raw (absolute) sequence number
         ("ack", np.uint32),  # raw acknowledgment number (meaningful when ACK is set)
-        ("flags", np.uint16),  # all 9 flag bits, TH_* above
+        ("flags", np.uint16),  # 12 bits as tshark shows them: 9 flags (TH_*) + 3 reserved (0xE00)
         ("window", np.uint16),  # raw window field, not scaled
         ("tcp_hdr_len", np.uint8),  # data offset * 4
         ("payload_len", np.uint32),  # from the IP length fields, right under any snaplen

@@ -1,0 +1,123 @@
+"""Link layer: where the IP header starts in each frame, and which IP version to expect.
+
+Rules: one pass per link type present in the batch, on the rows of that link type, all rows at
+once. VLAN stacks (802.1Q 0x8100, 802.1ad 0x88a8, and the pre-standard 0x9100) are peeled in a
+loop over tag depth, never over packets. Raw-IP link types leave the version to the IP header's
+first nibble (`ETHERTYPE_BY_VERSION`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracer.decode import vocab as v
+from tracer.decode.fields import Fields
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+ETHERTYPE_BY_VERSION = 0  # raw IP: decide from the version nibble
+VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
+MAX_VLAN_TAGS = 4
+
+ETHERNET_HEADER = 14
+SLL_HEADER = 16  # protocol at offset 14
+SLL2_HEADER = 20  # protocol at offset 0
+NULL_HEADER = 4
+
+# BSD loopback address families: AF_INET is 2 everywhere; AF_INET6 is 24 (NetBSD, OpenBSD),
+# 28 (FreeBSD) or 30 (Darwin).
+AF_INET = 2
+AF_INET6_VALUES = (24, 28, 30)
+
+
+@dataclass
+class LinkLayer:
+    l3: np.ndarray  # int64 offset of the IP header
+    ethertype: np.ndarray  # uint32: 0x0800, 0x86DD, ETHERTYPE_BY_VERSION, or something else
+    vlan: np.ndarray  # uint16 outermost VLAN id
+    drop: np.ndarray  # uint8 DROP code (0 = fine so far)
+    nontcp: np.ndarray  # uint32 non-TCP category code (0 = maybe TCP)
+
+
+def decode_link(f: Fields, linktype: np.ndarray) -> LinkLayer:
+    n = f.n
+    out = LinkLayer(
+        l3=np.zeros(n, np.int64),
+        ethertype=np.zeros(n, np.uint32),
+        vlan=np.zeros(n, np.uint16),
+        drop=np.zeros(n, np.uint8),
+        nontcp=np.zeros(n, np.uint32),
+    )
+    for lt in np.unique(linktype).tolist():
+        rows = np.flatnonzero(linktype == lt)
+        if lt == v.LINKTYPE_ETHERNET:
+            _ethernet_like(f, rows, out, type_at=12, payload_at=ETHERNET_HEADER)
+        elif lt == v.LINKTYPE_LINUX_SLL:
+            _ethernet_like(f, rows, out, type_at=14, payload_at=SLL_HEADER)
+        elif lt == v.LINKTYPE_LINUX_SLL2:
+            _ethernet_like(f, rows, out, type_at=0, payload_at=SLL2_HEADER)
+        elif lt in (v.LINKTYPE_NULL, v.LINKTYPE_LOOP):
+            _bsd_loopback(f, rows, out, network_order=lt == v.LINKTYPE_LOOP)
+        elif lt in (v.LINKTYPE_RAW, v.LINKTYPE_RAW_BSD12, v.LINKTYPE_RAW_BSD14):
+            out.ethertype[rows] = ETHERTYPE_BY_VERSION
+        elif lt == v.LINKTYPE_IPV4:
+            out.ethertype[rows] = ETHERTYPE_IPV4
+        elif lt == v.LINKTYPE_IPV6:
+            out.ethertype[rows] = ETHERTYPE_IPV6
+        else:
+            out.drop[rows] = v.DROP["unsupported_link_type"]
+    return out
+
+
+def _ethernet_like(f: Fields, rows: np.ndarray, out: LinkLayer, type_at: int, payload_at: int) -> None:
+    short = ~f.within(payload_at, rows)
+    ethertype = f.u16(type_at, rows).astype(np.uint32)
+    payload = np.full(rows.shape, payload_at, np.int64)
+    vlan = np.zeros(rows.shape, np.uint16)
+    tagged_once = np.zeros(rows.shape, bool)
+    for _ in range(MAX_VLAN_TAGS):
+        tagged = np.isin(ethertype, VLAN_ETHERTYPES) & ~short
+        if not tagged.any():
+            break
+        short |= tagged & ~f.within(payload + 4, rows)
+        tagged &= ~short
+        tci = f.u16(payload, rows)
+        first = tagged & ~tagged_once
+        vlan[first] = tci[first] & 0x0FFF
+        tagged_once |= tagged
+        ethertype = np.where(tagged, f.u16(payload + 2, rows).astype(np.uint32), ethertype)
+        payload = np.where(tagged, payload + 4, payload)
+    out.l3[rows] = payload
+    out.ethertype[rows] = ethertype
+    out.vlan[rows] = vlan
+    drop = np.where(short, v.DROP["truncated_link_header"], 0).astype(np.uint8)
+    out.drop[rows] = drop
+    ok = ~short
+    # Ethernet II types start at 0x0600; smaller values are 802.3 lengths (LLC follows).
+    llc = ok & (ethertype < 0x0600) & (type_at == 12)
+    other = ok & ~llc & (ethertype != ETHERTYPE_IPV4) & (ethertype != ETHERTYPE_IPV6)
+    code = np.zeros(rows.shape, np.uint32)
+    code[other] = (v.NONTCP_ETHERTYPE << 16) | ethertype[other]
+    code[llc] = v.NONTCP_LLC << 16
+    out.nontcp[rows] = code
+
+
+def _bsd_loopback(f: Fields, rows: np.ndarray, out: LinkLayer, network_order: bool) -> None:
+    short = ~f.within(NULL_HEADER, rows)
+    big = f.u32(0, rows)
+    if network_order:
+        family = big
+    else:
+        # Written in the capturing host's byte order: a family is small, so a value with
+        # its low bytes empty was written the other way round.
+        little = f.u32_le(0, rows)
+        family = np.where(little & 0xFFFF0000, big, little)
+    ipv4 = family == AF_INET
+    ipv6 = np.isin(family, AF_INET6_VALUES)
+    out.l3[rows] = NULL_HEADER
+    out.ethertype[rows] = np.where(ipv4, ETHERTYPE_IPV4, np.where(ipv6, ETHERTYPE_IPV6, 0xFFFF))
+    out.drop[rows] = np.where(short, v.DROP["truncated_link_header"], 0).astype(np.uint8)
+    other = ~short & ~ipv4 & ~ipv6
+    out.nontcp[rows] = np.where(other, (v.NONTCP_NULL_FAMILY << 16) | (family & 0xFFFF), 0)
