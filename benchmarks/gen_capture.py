@@ -35,6 +35,7 @@ import json
 import struct
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -564,13 +565,21 @@ def _put(buf: np.ndarray, pos: np.ndarray, values, dtype: str) -> None:
     buf[pos[:, None] + _ARANGE[dt.itemsize]] = raw.view(np.uint8).reshape(-1, dt.itemsize)
 
 
-def _fill_pattern(total: int) -> np.ndarray:
-    buf = np.empty(total, dtype=np.uint8)
-    step = len(_PATTERN)
-    whole = total // step
-    buf[: whole * step].reshape(whole, step)[:] = _PATTERN
-    buf[whole * step :] = _PATTERN[: total - whole * step]
-    return buf
+class _Scratch:
+    """One output buffer reused for every chunk: fresh pages cost more than the bytes."""
+
+    def __init__(self) -> None:
+        self.buf = np.zeros(0, dtype=np.uint8)
+
+    def filled(self, total: int) -> np.ndarray:
+        if total > len(self.buf):
+            self.buf = np.empty(int(total * 1.25), dtype=np.uint8)
+        buf = self.buf[:total]
+        step = len(_PATTERN)
+        whole = total // step
+        buf[: whole * step].reshape(whole, step)[:] = _PATTERN
+        buf[whole * step :] = _PATTERN[: total - whole * step]
+        return buf
 
 
 def file_header(fmt: str, ts_ns: bool, snaplen: int) -> bytes:
@@ -590,8 +599,11 @@ def file_header(fmt: str, ts_ns: bool, snaplen: int) -> bytes:
     return shb + idb
 
 
-def render(pk: np.ndarray, seed: int, fmt: str, ts_ns: bool, snaplen: int) -> np.ndarray:
-    """Capture records (record header + frame) for the rows of `pk`, in order."""
+def render(
+    pk: np.ndarray, seed: int, fmt: str, ts_ns: bool, snaplen: int, scratch: _Scratch | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Capture records (record header + frame) for the rows of `pk`, in order, and the flows'
+    identity arrays. The buffer belongs to `scratch` and is overwritten by the next call."""
     n = len(pk)
     ident = flow_identity(seed, pk["flow"])
     c2s = pk["dir"] == 0
@@ -610,7 +622,7 @@ def render(pk: np.ndarray, seed: int, fmt: str, ts_ns: bool, snaplen: int) -> np
         rec_hdr = 28
         rec_len = rec_hdr + ((caplen + 3) & ~3) + 4
     rec_off = np.cumsum(rec_len) - rec_len
-    buf = _fill_pattern(int(rec_len.sum()))
+    buf = (scratch or _Scratch()).filled(int(rec_len.sum()))
 
     # -- record header
     abs_ns = EPOCH_NS + pk["t"]
@@ -725,7 +737,7 @@ def render(pk: np.ndarray, seed: int, fmt: str, ts_ns: bool, snaplen: int) -> np
     _put(buf, opt[rows] + 4, (0x010303 << 8) | ws[rows], ">u4")
     _put(buf, opt[rows] + 8, 0x01010402, ">u4")
     assert n == 0 or int(rec_off[-1] + rec_len[-1]) == len(buf)
-    return buf
+    return buf, ident
 
 
 # ---------------------------------------------------------------- the streaming pipeline
@@ -760,34 +772,24 @@ class Summary:
     ipv6_packets: int = 0
     vlan_packets: int = 0
     duration_s: float = 0.0
-    mean_open_flows: float = 0.0  # sum of flows' first-to-last packet spans / capture span
+    mean_open_flows: float = 0.0  # time-averaged flows between their first and last packet
     seconds: float = 0.0
 
 
-class _FlowSpans:
-    """First and last emitted packet time per flow id; ids are dense, so plain arrays do."""
+class _FlowsSeen:
+    """Which flow ids have a packet in the file; ids are dense, so a growing bitmap does."""
 
     def __init__(self) -> None:
-        self.first = np.zeros(0, dtype=np.int64)
-        self.last = np.zeros(0, dtype=np.int64)
+        self.seen = np.zeros(0, dtype=np.bool_)
 
-    def add(self, rows: np.ndarray) -> None:
-        flows, first_idx = np.unique(rows["flow"], return_index=True)
-        last_idx = len(rows) - 1 - np.unique(rows["flow"][::-1], return_index=True)[1]
-        if len(flows) and flows[-1] >= len(self.first):
-            grow = int(flows[-1]) + 1 - len(self.first)
-            self.first = np.concatenate([self.first, np.full(grow, -1, dtype=np.int64)])
-            self.last = np.concatenate([self.last, np.full(grow, -1, dtype=np.int64)])
-        new = self.first[flows] < 0
-        self.first[flows[new]] = rows["t"][first_idx[new]]
-        self.last[flows] = rows["t"][last_idx]
+    def add(self, flows: np.ndarray) -> None:
+        top = int(flows.max()) + 1
+        if top > len(self.seen):
+            self.seen = np.concatenate([self.seen, np.zeros(top - len(self.seen), np.bool_)])
+        self.seen[flows] = True
 
     def count(self) -> int:
-        return int((self.first >= 0).sum())
-
-    def open_ns(self) -> int:
-        seen = self.first >= 0
-        return int((self.last[seen] - self.first[seen]).sum())
+        return int(self.seen.sum())
 
 
 def generate(
@@ -807,7 +809,13 @@ def generate(
     shape = make_shape(packets, flows, seed, avg_payload, pps)
     block_flows = max(1_000, int(chunk / shape.packets_per_flow))
     summary = Summary()
-    spans = _FlowSpans()
+    seen = _FlowsSeen()
+    planned_first, planned_last = [], []  # each planned flow's first and last packet time
+    # two buffers: one is written to the file by a thread while the next chunk renders
+    scratches = [_Scratch(), _Scratch()]
+    writes: list[Future | None] = [None, None]
+    writer = ThreadPoolExecutor(max_workers=1)
+    chunk_no = 0
     pending = np.zeros(0, dtype=PKT_DTYPE)
     last_t = 0
     block = 0
@@ -823,9 +831,14 @@ def generate(
             )
             plan = plan_flows(rng, seed, ids, shape.response_segments, t0, shape.mean_duration_ns)
             fresh = expand(plan, seed)
+            new_flow = np.flatnonzero(np.diff(fresh["flow"], prepend=-1) != 0)
+            planned_first.append(fresh["t"][new_flow])
+            planned_last.append(fresh["t"][np.append(new_flow[1:], len(fresh)) - 1])
             fresh = fresh[fresh["t"] >= 0]
+            # pending rows are in (t, flow, ord) order and belong to older (lower) flow ids,
+            # fresh rows are in (flow, ord) order: a stable sort on t alone completes the order
             merged = np.concatenate([pending, fresh])
-            merged = merged[np.lexsort((merged["ord"], merged["flow"], merged["t"]))]
+            merged = merged[np.argsort(merged["t"], kind="stable")]
             # no flow of a later block starts before this
             cutoff = ((block + 1) * block_flows - shape.prestart_flows) * shape.flow_interval_ns
             ready = int(np.searchsorted(merged["t"], cutoff, side="left"))
@@ -833,34 +846,43 @@ def generate(
             out_rows, pending = merged[:ready], merged[ready:]
             for start in range(0, len(out_rows), chunk):
                 rows = out_rows[start : start + chunk]
-                buf = render(rows, seed, fmt, ts_ns, snaplen)
-                f.write(buf.data)
+                slot = chunk_no % 2
+                if writes[slot] is not None:
+                    writes[slot].result()  # its buffer is free again
+                buf, ident = render(rows, seed, fmt, ts_ns, snaplen, scratches[slot])
+                writes[slot] = writer.submit(f.write, buf.data)
+                chunk_no += 1
                 summary.bytes += len(buf)
-                _count(summary, rows, seed)
+                _count(summary, rows, ident)
             if len(out_rows):
                 last_t = int(out_rows["t"][-1])
-                spans.add(out_rows)
+                seen.add(out_rows["flow"])
             block += 1
             if progress:
                 print(f"\r{summary.packets:,} packets, {summary.bytes / 1e6:,.0f} MB",
                       end="", file=sys.stderr, flush=True)
+        for pending_write in writes:
+            if pending_write is not None:
+                pending_write.result()
+    writer.shutdown()
     if progress:
         print(file=sys.stderr)
-    summary.flows = spans.count()
+    summary.flows = seen.count()
     summary.duration_s = last_t / 1e9
-    summary.mean_open_flows = spans.open_ns() / last_t if last_t else 0.0
+    first, last = np.concatenate(planned_first), np.concatenate(planned_last)
+    open_ns = np.clip(last, 0, last_t) - np.clip(first, 0, last_t)
+    summary.mean_open_flows = float(open_ns.sum() / last_t) if last_t else 0.0
     summary.seconds = time.perf_counter() - started
     return summary, shape
 
 
-def _count(summary: Summary, rows: np.ndarray, seed: int) -> None:
+def _count(summary: Summary, rows: np.ndarray, ident: dict[str, np.ndarray]) -> None:
     flags = rows["flags"]
     summary.packets += len(rows)
     summary.retransmissions += int(rows["retx"].sum())
     summary.syn += int(((flags & TH_SYN) != 0).sum())
     summary.fin += int(((flags & TH_FIN) != 0).sum())
     summary.rst += int(((flags & TH_RST) != 0).sum())
-    ident = flow_identity(seed, rows["flow"])
     summary.ipv6_packets += int(ident["v6"].sum())
     summary.vlan_packets += int((ident["ntags"] > 0).sum())
 

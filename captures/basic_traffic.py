@@ -384,6 +384,7 @@ def run_client(
     max_seconds: float,
     bulk_bytes: int,
     seed: int,
+    scale: float,
 ) -> int:
     rng = random.Random(seed)
     jobs: list[tuple[str, Target]] = []
@@ -400,8 +401,7 @@ def run_client(
             failures["skipped (deadline)"] = failures.get("skipped (deadline)", 0) + 1
             return
         func, size = SCENARIOS[name]
-        if name == "bulk":
-            size = bulk_bytes
+        size = bulk_bytes if name == "bulk" else int(size * scale)
         try:
             func(target, size)
         except OSError as exc:  # unexpected here, but a capture run should not die on one
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--max-seconds", type=float, default=60.0)
     client.add_argument("--bulk-bytes", type=int, default=300_000)
     client.add_argument("--seed", type=int, default=1)
+    client.add_argument("--scale", type=float, default=1.0, help="factor on answer sizes")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return run_server(args.listen, args.duration)
@@ -447,7 +448,14 @@ def main(argv: list[str] | None = None) -> int:
         sources = [s for s in args.source if family_of(s) == family_of(host)]
         targets.append(Target(host, port, args.closed_port, sources))
     return run_client(
-        targets, names, args.rounds, args.parallel, args.max_seconds, args.bulk_bytes, args.seed
+        targets,
+        names,
+        args.rounds,
+        args.parallel,
+        args.max_seconds,
+        args.bulk_bytes,
+        args.seed,
+        args.scale,
     )
 
 

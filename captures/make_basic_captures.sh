@@ -13,7 +13,7 @@
 #
 # Theory of operation: for each capture, start the server (and the VLAN relay where needed),
 # start dumpcap and wait for its "File:" line, run the scripted client, give the last packets
-# a moment, stop dumpcap with SIGINT, then stop the server.
+# a moment, stop dumpcap with SIGTERM, then stop the server.
 #
 # Usage: sudo bash captures/make_basic_captures.sh [only-these-names...]
 #   names: lo lo-pcap any-sll any-sll2 demo netns-loss netns-vlan netns-qinq (default: all)
@@ -110,24 +110,33 @@ wait_for_line() {  # wait_for_line FILE PATTERN SECONDS WHAT
 }
 
 LAST_PID=""
+spawn() {  # spawn NAMESPACE|"" LOG COMMAND... : start in the background; LAST_PID is its PID
+    # A simple command put in the background is exec'd by the forked child, so $! is the
+    # command itself (signals reach it, not a wrapper shell).
+    local ns=$1 log=$2
+    shift 2
+    if [[ -n $ns ]]; then
+        ip netns exec "$ns" "$@" >"$log" 2>&1 &
+    else
+        "$@" >"$log" 2>&1 &
+    fi
+    LAST_PID=$!
+    STARTED_PIDS+=("$LAST_PID")
+}
+
 start_server() {  # start_server NAMESPACE LISTEN...
     local ns=$1 log
     shift
     log="$WORK/server.$RANDOM.log"
     local args=()
     for endpoint in "$@"; do args+=(--listen "$endpoint"); done
-    in_ns "$ns" "${TRAFFIC[@]}" serve "${args[@]}" --duration 300 >"$log" 2>&1 &
-    LAST_PID=$!
-    STARTED_PIDS+=("$LAST_PID")
+    spawn "$ns" "$log" "${TRAFFIC[@]}" serve "${args[@]}" --duration 300
     wait_for_line "$log" READY 10 "server"
 }
 
 start_relay() {  # start_relay NAMESPACE SIDE_A SIDE_B TAGS
     local log="$WORK/relay.$RANDOM.log"
-    in_ns "$1" "${RELAY[@]}" --side-a "$2" --side-b "$3" --tags "$4" --duration 300 \
-        >"$log" 2>&1 &
-    LAST_PID=$!
-    STARTED_PIDS+=("$LAST_PID")
+    spawn "$1" "$log" "${RELAY[@]}" --side-a "$2" --side-b "$3" --tags "$4" --duration 300
     RELAY_LOG=$log
     wait_for_line "$log" READY 10 "vlan relay"
 }
@@ -139,9 +148,8 @@ start_dumpcap() {  # start_dumpcap NAMESPACE OUTPUT DUMPCAP-ARGS...
     shift 2
     DUMPCAP_TMP="$WORK/$(basename "$output")"
     local log="$DUMPCAP_TMP.log"
-    in_ns "$ns" dumpcap -a duration:240 "$@" -w "$DUMPCAP_TMP" >"$log" 2>&1 &
-    DUMPCAP_PID=$!
-    STARTED_PIDS+=("$DUMPCAP_PID")
+    spawn "$ns" "$log" dumpcap -a duration:240 "$@" -w "$DUMPCAP_TMP"
+    DUMPCAP_PID=$LAST_PID
     wait_for_line "$log" "File:" 10 "dumpcap for $output"
     sleep 0.5  # the "File:" line comes right after the socket is set up; be generous
 }
@@ -149,7 +157,8 @@ start_dumpcap() {  # start_dumpcap NAMESPACE OUTPUT DUMPCAP-ARGS...
 finish_dumpcap() {  # finish_dumpcap OUTPUT : stop dumpcap and move its file into place
     local output=$1
     sleep 1  # let the last FIN/ACKs and any retransmissions land
-    kill -INT "$DUMPCAP_PID"
+    # SIGTERM, not SIGINT: background jobs of a non-interactive shell start with SIGINT ignored.
+    kill -TERM "$DUMPCAP_PID"
     wait "$DUMPCAP_PID" || true
     forget_pid "$DUMPCAP_PID"
     capinfos -c "$DUMPCAP_TMP" >/dev/null  # a complete, readable file, or fail here
@@ -199,7 +208,7 @@ capture_any() {  # capture_any OUTPUT LINKTYPE DUMPCAP-FORMAT-ARGS...
         -f "($PORT_FILTER) and (net 127.0.0.0/8 or host ::1)"
     client "" "${LO_TARGETS[@]}" "${LO_SOURCES[@]}" --rounds 2 --seed 13 \
         --scenarios close,keep,half,slow,cabort,srst,unread,idle,refused,smallmss,upload \
-        --parallel 2
+        --parallel 2 --scale 0.3
     finish_dumpcap "$output"
     stop_pid "$server"
 }

@@ -30,3 +30,7 @@ class ToolMissingError(TracerError):
 
 class EngineError(TracerError):
     """An external engine (tshark behind pyshark) failed while reading a capture."""
+
+
+class FilterError(TracerError):
+    """A --filter expression that does not parse."""

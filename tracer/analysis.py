@@ -1,0 +1,81 @@
+"""What one capture says, accumulated batch by batch (pure: no I/O).
+
+Rules: `CaptureAnalysis` takes packet batches and decode counts in capture order and keeps
+only aggregates, so its memory does not depend on the capture's length. `summary()` returns a
+plain dict in the JSON schema (see docs/json-schema.md); the text report is rendered from that
+same dict, so the two never disagree. Later stages (flows, attribution) add their own keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracer.decode.vocab import linktype_name
+from tracer.packet import TCP_FLAG_NAMES, DecodeCounts
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class CaptureAnalysis:
+    path: str
+    engine: str = "native"
+    counts: DecodeCounts = field(default_factory=DecodeCounts)
+    ip_versions: dict[int, int] = field(default_factory=dict)
+    payload_bytes: int = 0
+    first_ts_ns: int | None = None
+    last_ts_ns: int | None = None
+    filtered_out: int = 0  # TCP segments decoded but outside --filter
+
+    def add(self, packets: np.ndarray, counts: DecodeCounts) -> None:
+        self.counts.merge(counts)
+        if packets.shape[0] == 0:
+            return
+        versions, n = np.unique(packets["ip_version"], return_counts=True)
+        for version, count in zip(versions.tolist(), n.tolist(), strict=True):
+            self.ip_versions[version] = self.ip_versions.get(version, 0) + count
+        self.payload_bytes += int(packets["payload_len"].sum(dtype=np.int64))
+        ts = packets["ts_ns"]
+        lo, hi = int(ts.min()), int(ts.max())
+        self.first_ts_ns = lo if self.first_ts_ns is None else min(self.first_ts_ns, lo)
+        self.last_ts_ns = hi if self.last_ts_ns is None else max(self.last_ts_ns, hi)
+
+    def summary(self, *, capture_format: str | None = None, compressed: bool = False,
+                linktypes: list[int] | None = None, leftover_bytes: int = 0,
+                reader_anomalies: dict[str, int] | None = None, problem: str | None = None,
+                filter_expr: str | None = None) -> dict:
+        counts = self.counts
+        anomalies = dict(reader_anomalies or {})
+        for name, value in counts.anomalies.items():
+            anomalies[name] = anomalies.get(name, 0) + value
+        kinds = list(linktypes) if linktypes is not None else sorted(counts.linktypes)
+        for lt in counts.linktypes:
+            if lt not in kinds:
+                kinds.append(lt)
+        duration = (
+            (self.last_ts_ns - self.first_ts_ns) / 1e9 if self.first_ts_ns is not None else 0.0
+        )
+        return {
+            "path": self.path,
+            "engine": self.engine,
+            "format": capture_format,
+            "compressed": compressed,
+            "link_types": [linktype_name(lt) for lt in kinds],
+            "frames_by_link_type": {linktype_name(lt): n for lt, n in sorted(counts.linktypes.items())},
+            "packets": counts.frames,
+            "tcp_packets": counts.tcp_packets,
+            "tcp_packets_filtered_out": self.filtered_out,
+            "filter": filter_expr,
+            "ip_versions": {f"ipv{k}": v for k, v in sorted(self.ip_versions.items())},
+            "tcp_flags": {name: counts.flag_counts.get(name, 0) for name in TCP_FLAG_NAMES},
+            "tcp_payload_bytes": self.payload_bytes,
+            "non_tcp": dict(sorted(counts.non_tcp.items())),
+            "anomalies": dict(sorted(anomalies.items())),
+            "leftover_bytes": leftover_bytes,
+            "problem": problem,
+            "first_ts": self.first_ts_ns / 1e9 if self.first_ts_ns is not None else None,
+            "last_ts": self.last_ts_ns / 1e9 if self.last_ts_ns is not None else None,
+            "duration_s": duration,
+        }

@@ -1,0 +1,156 @@
+"""The `tracer` command line (the I/O edge).
+
+Rules: every error a user can cause ends as one line on stderr ("tracer: error: ...") and a
+non-zero exit; no traceback reaches the user. Exit codes: 0 success; 1 the analysis ran but a
+capture was corrupt and could only be read in part; 2 usage or input errors (no such file,
+not a capture, unsupported link type, missing tool); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from tracer import __version__
+from tracer.errors import TracerError, UnsupportedLinkTypeError
+
+EXIT_PARTIAL = 1
+
+
+class _Progress:
+    """A one-line progress indicator on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.enabled = enabled
+        self.label = label
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None, frames: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        rate = frames / max(now - self.started, 1e-9)
+        if total:
+            pct = 100.0 * done / total
+            bar_w = 24
+            fill = int(bar_w * done / total)
+            bar = "#" * fill + "-" * (bar_w - fill)
+            text = f"{self.label} [{bar}] {pct:5.1f}%  {frames:,} packets  {rate:,.0f}/s"
+        else:
+            text = f"{self.label} {frames:,} packets  {rate:,.0f}/s"
+        sys.stderr.write("\r" + text[:200] + "\x1b[K")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.last:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"tracer: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tracer")
+def main() -> None:
+    """tracer: who reset what, from the packets on both legs of HAProxy."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=True, allow_dash=True))
+@click.option("-r", "--read", "read_files", multiple=True, type=click.Path(allow_dash=True),
+              help="Capture file to read (may repeat; '-' reads stdin).")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Report format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+              default="-", help="Write the report here instead of stdout.")
+@click.option("--engine", type=click.Choice(["native", "pyshark"]), default="native",
+              show_default=True,
+              help="native: tracer's vectorized decoder. pyshark: tshark's dissectors (slow, "
+                   "reads any encapsulation tshark knows).")
+@click.option("-f", "--filter", "filter_expr", default=None,
+              help="Keep only TCP segments matching a BPF-like expression, e.g. "
+                   "'host 10.0.0.5 and port 443'.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when stderr is a terminal).")
+def analyze(files, read_files, output_format, output, engine, filter_expr, progress) -> None:
+    """Analyse capture files (pcap, pcapng, gzip-compressed, or '-' for stdin)."""
+    from tracer.filter import compile_filter
+    from tracer.pipeline import analyze_native, analyze_pyshark, run
+    from tracer.report import make_document, render_json, render_text
+
+    paths = list(read_files) + list(files)
+    if not paths:
+        _fail("no capture given: tracer analyze FILE [FILE...] (or '-' for stdin)")
+    if paths.count("-") > 1:
+        _fail("stdin ('-') can be read only once")
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    try:
+        packet_filter = compile_filter(filter_expr) if filter_expr else None
+        captures = []
+        partial = False
+        for path in paths:
+            meter = _Progress(show_progress, "<stdin>" if path == "-" else path)
+            analyze_one = analyze_native if engine == "native" else analyze_pyshark
+            try:
+                summary = run(analyze_one(path, packet_filter=packet_filter,
+                                          filter_expr=filter_expr, progress=meter))
+            finally:
+                meter.finish()
+            _check_linktypes(summary)
+            if summary.get("problem"):
+                partial = True
+                click.echo(f"tracer: warning: {summary['path']}: {summary['problem']}; "
+                           "the report covers the records before it", err=True)
+            captures.append(summary)
+        document = make_document(captures)
+        if output_format == "json":
+            text = render_json(document)
+        else:
+            to_terminal = output == "-" and sys.stdout.isatty()
+            text = render_text(document, colour=to_terminal)
+        _write(output, text)
+    except TracerError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("tracer: interrupted", err=True)
+        sys.exit(130)
+    if partial:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _check_linktypes(summary: dict) -> None:
+    """A capture none of whose frames the native decoder could read is an error, not a report."""
+    unsupported = summary["anomalies"].get("unsupported_link_type", 0)
+    if unsupported and unsupported == summary["packets"]:
+        names = ", ".join(summary["link_types"])
+        raise UnsupportedLinkTypeError(
+            f"{summary['path']}: link type {names} is not supported by the native decoder; "
+            "try --engine pyshark"
+        )
+
+
+def _write(output: str, text: str) -> None:
+    if output == "-":
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:  # e.g. piped into `head`
+            sys.stderr.close()
+            sys.exit(0)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise TracerError(f"{output}: cannot write the report ({exc.strerror or exc})") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The asyncio driver that connects the stages for one capture (the I/O edge).
+
+Theory of operation: a source runs in a worker thread (memory-mapped reads, gzip inflation,
+or pyshark with its own event loop) and hands batches to the event loop through a bounded
+queue, so a slow consumer holds the reader back instead of letting batches pile up. The event
+loop thread decodes and aggregates. numpy releases the GIL in its copy and gather loops, so the
+reader's page faults and copies overlap the decode of the previous batch.
+
+The core stages know nothing of this module: it only calls their pure functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tracer.analysis import CaptureAnalysis
+from tracer.decode import decode_frames
+from tracer.filter import Mask
+from tracer.packet import TCP_FLAG_NAMES, DecodeCounts
+from tracer.source import open_capture
+
+QUEUE_BATCHES = 4
+Progress = Callable[[int, int | None, int], None]  # bytes read, bytes total, frames so far
+
+_DONE = object()
+
+
+def run(coro):
+    """Run a coroutine on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+async def _pump(items: Iterator, queue: asyncio.Queue, stop: threading.Event) -> None:
+    """Move items from a blocking iterator (in a worker thread) into an asyncio queue."""
+    loop = asyncio.get_running_loop()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
+            return
+        asyncio.run_coroutine_threadsafe(queue.put(_DONE), loop).result()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracer-source") as pool:
+        await loop.run_in_executor(pool, produce)
+
+
+async def _consume(items: Iterator, handle: Callable[[object], None]) -> None:
+    queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_BATCHES)
+    stop = threading.Event()
+    producer = asyncio.create_task(_pump(items, queue, stop))
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            handle(item)
+    finally:
+        stop.set()
+        # Unblock a producer waiting on a full queue, then wait for it to finish.
+        while not producer.done():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+            await asyncio.sleep(0)
+        producer.result() if not producer.cancelled() else None
+
+
+async def analyze_native(path: str, *, packet_filter: Mask | None = None,
+                         filter_expr: str | None = None, progress: Progress | None = None) -> dict:
+    with open_capture(path) as reader:
+        analysis = CaptureAnalysis(path="<stdin>" if path == "-" else path, engine="native")
+
+        def handle(frames) -> None:
+            packets, counts = decode_frames(frames)
+            _add(analysis, packets, counts, packet_filter)
+            if progress is not None:
+                progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
+
+        await _consume(reader.batches(), handle)
+        return analysis.summary(
+            capture_format=reader.format,
+            compressed=reader.compressed,
+            linktypes=reader.linktypes,
+            leftover_bytes=reader.leftover_bytes,
+            reader_anomalies=reader.anomalies,
+            problem=reader.problem,
+            filter_expr=filter_expr,
+        )
+
+
+async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
+                          filter_expr: str | None = None, progress: Progress | None = None) -> dict:
+    from tracer.source.pyshark_engine import read_packets_pyshark
+
+    spooled = None
+    if path == "-":
+        # tshark behind pyshark wants a file: spool stdin to one, removed afterwards.
+        fd, spooled = tempfile.mkstemp(prefix="tracer-stdin-", suffix=".pcap")
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+    try:
+        analysis = CaptureAnalysis(path="<stdin>" if path == "-" else path, engine="pyshark")
+
+        def handle(item) -> None:
+            packets, counts = item
+            _add(analysis, packets, counts, packet_filter)
+            if progress is not None:
+                progress(0, None, analysis.counts.frames)
+
+        await _consume(read_packets_pyshark(spooled or path), handle)
+        return analysis.summary(filter_expr=filter_expr)
+    finally:
+        if spooled:
+            os.unlink(spooled)
+
+
+def _add(analysis: CaptureAnalysis, packets: np.ndarray, counts: DecodeCounts,
+         packet_filter: Mask | None) -> None:
+    if packet_filter is not None and packets.shape[0]:
+        keep = packet_filter(packets)
+        analysis.filtered_out += int(packets.shape[0] - np.count_nonzero(keep))
+        packets = packets[keep]
+        # Per-segment facts describe what the filter kept; frame-level counts stay whole.
+        flags = packets["flags"]
+        counts.flag_counts = {
+            name: int(np.count_nonzero(flags & (1 << bit))) for bit, name in enumerate(TCP_FLAG_NAMES)
+        }
+    analysis.add(packets, counts)
