@@ -225,34 +225,63 @@ capture_demo() {
 }
 
 # ---------------------------------------------------------------- namespaces
+#
+# Three namespaces: a client and a server host, each with one veth, and between them a
+# "switch" namespace holding the veths' peers (acc_c, acc_s) and no addresses of its own:
+#
+#   client: cli0 <-> acc_c [switch: a bridge, or the VLAN relay] acc_s <-> srv0 :server
+#
+# Loss is made in the switch, not on the server: a packet dropped in a host's own output path
+# is reported back to its TCP as a failed transmit and quietly sent again, so it never shows up
+# on the wire as loss. Dropped in the bridge, it is lost the way a switch loses it.
 
-make_hosts() {  # the client and server namespaces, each with lo up
+make_topology() {
     delete_namespaces
-    ip netns add "$NS_CLIENT"
-    ip netns add "$NS_SERVER"
-    ip -n "$NS_CLIENT" link set lo up
-    ip -n "$NS_SERVER" link set lo up
+    local ns ifname
+    for ns in "${ALL_NAMESPACES[@]}"; do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+    done
+    ip link add cli0 netns "$NS_CLIENT" type veth peer name acc_c netns "$NS_SWITCH"
+    ip link add srv0 netns "$NS_SERVER" type veth peer name acc_s netns "$NS_SWITCH"
+    for ifname in acc_c acc_s; do
+        switch_port "$ifname"
+    done
+    # gso_max_segs 1: TCP hands MTU-sized segments to the veth, as a NIC would put on a wire
+    # (a veth otherwise passes 64 KB TSO super-frames straight through).
+    ip -n "$NS_CLIENT" link set cli0 gso_max_segs 1 up
+    ip -n "$NS_SERVER" link set srv0 gso_max_segs 1 up
 }
 
-address_host() {  # address_host NAMESPACE IFACE IPV4/24 IPV6/64
-    # gso_max_segs 1: TCP hands MTU-sized segments to the veth, as a NIC would put on a wire
-    # (veth otherwise passes 64 KB TSO super-frames straight through).
-    ip -n "$1" link set "$2" gso_max_segs 1 up
-    ip -n "$1" addr add "$3" dev "$2"
-    ip -n "$1" addr add "$4" dev "$2" nodad
+switch_port() {  # switch_port IFACE : up, room for two VLAN tags, no IPv6 chatter of its own
+    ip netns exec "$NS_SWITCH" sysctl -qw "net.ipv6.conf.$1.disable_ipv6=1"
+    ip -n "$NS_SWITCH" link set "$1" mtu 1600 up
+}
+
+address_hosts() {  # address_hosts IPV4-PREFIX IPV6-PREFIX : .1/::1 client, .2/::2 server
+    ip -n "$NS_CLIENT" addr add "$1.1/24" dev cli0
+    ip -n "$NS_CLIENT" addr add "$2::1/64" dev cli0 nodad
+    ip -n "$NS_SERVER" addr add "$1.2/24" dev srv0
+    ip -n "$NS_SERVER" addr add "$2::2/64" dev srv0 nodad
 }
 
 capture_netns_loss() {
-    echo "netns-eth-loss.pcapng: Ethernet on a veth, 5% of server->client packets dropped by nft"
-    make_hosts
-    ip link add cli0 netns "$NS_CLIENT" type veth peer name srv0 netns "$NS_SERVER"
-    address_host "$NS_CLIENT" cli0 10.231.0.1/24 fd00:231::1/64
-    address_host "$NS_SERVER" srv0 10.231.0.2/24 fd00:231::2/64
-    ip netns exec "$NS_SERVER" nft -f - <<EOF
-table inet trcap_loss {
-    chain output {
-        type filter hook output priority filter; policy accept;
-        tcp sport $PORT numgen random mod 100 < 5 counter drop
+    echo "netns-eth-loss.pcapng: Ethernet on the client's veth, the switch drops some packets"
+    make_topology
+    ip -n "$NS_SWITCH" link add br0 type bridge
+    switch_port br0
+    ip -n "$NS_SWITCH" link set acc_c master br0
+    ip -n "$NS_SWITCH" link set acc_s master br0
+    address_hosts 10.231.0 fd00:231
+    ip netns exec "$NS_SWITCH" nft -f - <<EOF
+table bridge trcap_loss {
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        # server -> client only; data segments are lost more often than bare control packets,
+        # so there are retransmissions and SACK blocks, and now and then a lost SYN/ACK,
+        # FIN or RST
+        iifname "acc_s" tcp sport $PORT meta length > 120 numgen random mod 100 < 5 counter drop
+        iifname "acc_s" tcp sport $PORT numgen random mod 100 < 2 counter drop
     }
 }
 EOF
@@ -262,29 +291,20 @@ EOF
     client "$NS_CLIENT" --target "10.231.0.2:$PORT" --target "[fd00:231::2]:$PORT" \
         --rounds 2 --parallel 3 --seed 15 --bulk-bytes 150000 --max-seconds 150
     finish_dumpcap netns-eth-loss.pcapng
-    echo "  nft: $(ip netns exec "$NS_SERVER" nft list table inet trcap_loss | grep -o 'packets [0-9]*') dropped"
+    echo "  nft drops:" $(ip netns exec "$NS_SWITCH" nft list table bridge trcap_loss | grep -o 'packets [0-9]*')
     stop_pid "$server"
     delete_namespaces
 }
 
-capture_netns_trunk() {  # capture_netns_trunk OUTPUT TAGS SUBNET4 SUBNET6 DUMPCAP-FORMAT-ARGS...
+capture_netns_trunk() {  # capture_netns_trunk OUTPUT TAGS IPV4-PREFIX IPV6-PREFIX DUMPCAP-ARGS...
     local output=$1 tags=$2 net4=$3 net6=$4
     shift 4
-    echo "$output: Ethernet trunk with tags $tags between two namespaces (userspace relay)"
-    make_hosts
-    ip netns add "$NS_SWITCH"
-    ip -n "$NS_SWITCH" link set lo up
-    ip link add cli0 netns "$NS_CLIENT" type veth peer name acc_c netns "$NS_SWITCH"
-    ip link add srv0 netns "$NS_SERVER" type veth peer name acc_s netns "$NS_SWITCH"
+    echo "$output: an Ethernet trunk with tags $tags between the hosts (userspace relay)"
+    make_topology
     ip -n "$NS_SWITCH" link add trunk_c type veth peer name trunk_s
-    local ifname
-    for ifname in acc_c acc_s trunk_c trunk_s; do
-        # room for two tags on the trunk; the switch namespace has no addresses of its own
-        ip netns exec "$NS_SWITCH" sysctl -qw "net.ipv6.conf.$ifname.disable_ipv6=1"
-        ip -n "$NS_SWITCH" link set "$ifname" mtu 1600 up
-    done
-    address_host "$NS_CLIENT" cli0 "$net4.1/24" "$net6::1/64"
-    address_host "$NS_SERVER" srv0 "$net4.2/24" "$net6::2/64"
+    switch_port trunk_c
+    switch_port trunk_s
+    address_hosts "$net4" "$net6"
     start_relay "$NS_SWITCH" acc_c,trunk_c acc_s,trunk_s "$tags"
     local relay=$LAST_PID
     start_server "$NS_SERVER" "$net4.2:$PORT" "[$net6::2]:$PORT"
@@ -293,7 +313,7 @@ capture_netns_trunk() {  # capture_netns_trunk OUTPUT TAGS SUBNET4 SUBNET6 DUMPC
     client "$NS_CLIENT" --target "$net4.2:$PORT" --target "[$net6::2]:$PORT" \
         --rounds 2 --parallel 2 --seed 16 --max-seconds 120 \
         --scenarios close,keep,half,slow,cabort,srst,unread,idle,refused,smallmss,bulk \
-        --bulk-bytes 60000
+        --bulk-bytes 40000 --scale 0.3
     finish_dumpcap "$output"
     stop_pid "$server"
     stop_pid "$relay"

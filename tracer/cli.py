@@ -63,8 +63,9 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=True, allow_dash=True))
-@click.option("-r", "--read", "read_files", multiple=True, type=click.Path(allow_dash=True),
+@click.argument("files", nargs=-1, type=click.Path(allow_dash=True, readable=False))
+@click.option("-r", "--read", "read_files", multiple=True,
+              type=click.Path(allow_dash=True, readable=False),
               help="Capture file to read (may repeat; '-' reads stdin).")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Report format.")

@@ -112,21 +112,16 @@ def _options(f, rows, l4, hdr_len, out, out_rows, caplen, anomalies) -> None:
         bad[active[broken]] = True
         usable = has_len & fits & ~broken
 
-        def first(kind_value, length_ok, bit):
-            """Rows where this step holds the first well-formed option of a kind."""
-            sel = (kind == kind_value) & length_ok & usable & ((present[active] & bit) == 0)
-            present[active[sel]] |= bit
-            return sel
-
-        sel = first(TCPOPT_MSS, length == 4, OPT_MSS)
+        step = (kind, usable, active, present)
+        sel = _first(step, TCPOPT_MSS, length == 4, OPT_MSS)
         mss[active[sel]] = f.u16(at[sel] + 2, r[sel])
-        sel = first(TCPOPT_WSCALE, length == 3, OPT_WSCALE)
+        sel = _first(step, TCPOPT_WSCALE, length == 3, OPT_WSCALE)
         wscale[active[sel]] = f.u8(at[sel] + 2, r[sel])
-        first(TCPOPT_SACK_PERM, length == 2, OPT_SACK_PERM)
-        sel = first(TCPOPT_TIMESTAMP, length == 10, OPT_TIMESTAMP)
+        _first(step, TCPOPT_SACK_PERM, length == 2, OPT_SACK_PERM)
+        sel = _first(step, TCPOPT_TIMESTAMP, length == 10, OPT_TIMESTAMP)
         tsval[active[sel]] = f.u32(at[sel] + 2, r[sel])
         tsecr[active[sel]] = f.u32(at[sel] + 6, r[sel])
-        sel = first(TCPOPT_SACK, (length >= 10) & ((length - 2) % 8 == 0), OPT_SACK)
+        sel = _first(step, TCPOPT_SACK, (length >= 10) & ((length - 2) % 8 == 0), OPT_SACK)
         sack_at[active[sel]] = at[sel]
         sack_count[active[sel]] = np.minimum((length[sel] - 2) // 8, MAX_SACK_BLOCKS)
         stop = eol | broken | (has_len & ~fits)
@@ -154,3 +149,10 @@ def _options(f, rows, l4, hdr_len, out, out_rows, caplen, anomalies) -> None:
         out["sack_left"][out_rows] = left
         out["sack_right"][out_rows] = right
 
+
+def _first(step, kind_value: int, length_ok: np.ndarray, bit: int) -> np.ndarray:
+    """Rows (of this option step) holding the first well-formed option of one kind."""
+    kind, usable, active, present = step
+    sel = (kind == kind_value) & length_ok & usable & ((present[active] & bit) == 0)
+    present[active[sel]] |= bit
+    return sel

@@ -1,0 +1,52 @@
+# Source + decode of one capture, nothing else, timed: the tracer side of bench_decode.
+#
+# Rules:
+# - Runs the public stage APIs exactly as the pipeline does (open_capture -> batches ->
+#   decode_frames) and keeps no packet batch alive past its iteration, so the process's peak
+#   memory is what streaming a file costs.
+# - Prints one JSON line on stdout and nothing else there; the parent process measures wall
+#   time and peak RSS from outside, this measures the loop itself (imports excluded).
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def decode_file(path: str) -> dict[str, float | int]:
+    from tracer.decode import decode_frames
+    from tracer.source import open_capture
+
+    frames = tcp_packets = batches = 0
+    started = time.perf_counter()
+    with open_capture(path) as reader:
+        for batch in reader.batches():
+            packets, counts = decode_frames(batch)
+            frames += counts.frames
+            tcp_packets += len(packets)
+            batches += 1
+    seconds = time.perf_counter() - started
+    return {
+        "packets": frames,
+        "tcp_packets": tcp_packets,
+        "batches": batches,
+        "seconds": round(seconds, 4),
+        "packets_per_s": round(frames / seconds) if seconds else 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.decode_only",
+        description="Read and decode a capture with tracer; print one JSON line.",
+    )
+    parser.add_argument("file")
+    args = parser.parse_args(argv)
+    print(json.dumps(decode_file(args.file)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

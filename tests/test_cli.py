@@ -1,0 +1,147 @@
+"""The `tracer analyze` contract: JSON keys, stdin and gzip, partial files, clear errors."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import CAPTURES
+from pcaputil import analyze_json, pcap_record_ends, run_tracer, tshark_count, write_pcap
+
+DEMO = CAPTURES / "demo-basic.pcapng"
+LO_PCAP = CAPTURES / "lo-ipv4.pcap"
+REQUIRED_KEYS = {"path", "link_types", "packets", "tcp_packets", "anomalies", "leftover_bytes"}
+
+
+@pytest.mark.parametrize("capture", [DEMO, LO_PCAP], ids=lambda p: p.name)
+def test_json_contract_agrees_with_tshark(capture):
+    doc = analyze_json(str(capture))
+    assert doc["schema_version"] == 1
+    (cap,) = doc["captures"]
+    assert REQUIRED_KEYS <= cap.keys()
+    assert cap["path"] == str(capture)
+    assert cap["packets"] == tshark_count(capture)
+    assert cap["tcp_packets"] == tshark_count(capture, "tcp && !icmp && !icmpv6")
+    assert cap["leftover_bytes"] == 0
+    assert cap["tcp_flags"]["RST"] == tshark_count(capture, "tcp.flags.reset == 1 && !icmp")
+    assert cap["tcp_flags"]["SYN"] == tshark_count(capture, "tcp.flags.syn == 1 && !icmp")
+
+
+def test_stdin_and_gzip_give_the_same_facts(tmp_path):
+    reference = analyze_json(str(DEMO))["captures"][0]
+    data = DEMO.read_bytes()
+    from_stdin = analyze_json("-", stdin=data)["captures"][0]
+    packed = tmp_path / "capture-without-gz-suffix"
+    packed.write_bytes(gzip.compress(data))
+    from_gzip = analyze_json(str(packed))["captures"][0]
+    gz_stdin = analyze_json("-", stdin=gzip.compress(data))["captures"][0]
+    assert from_stdin["path"] == "<stdin>"
+    assert from_gzip["compressed"] and gz_stdin["compressed"]
+    for other in (from_stdin, from_gzip, gz_stdin):
+        for key in ("packets", "tcp_packets", "tcp_flags", "anomalies", "link_types", "non_tcp",
+                    "tcp_payload_bytes", "first_ts", "last_ts"):
+            assert other[key] == reference[key], key
+
+
+def test_tcpdump_style_pipe(tmp_path):
+    """`dumpcap -w - | tracer analyze -`: a writer that streams into a pipe."""
+    reader = subprocess.Popen(["cat", str(LO_PCAP)], stdout=subprocess.PIPE)
+    proc = subprocess.run([sys.executable, "-m", "tracer", "analyze", "--format", "json", "-"],
+                          stdin=reader.stdout, capture_output=True, timeout=60)
+    reader.wait(timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    assert b'"tcp_packets": ' + str(tshark_count(LO_PCAP, "tcp")).encode() in proc.stdout
+
+
+@pytest.mark.parametrize("fraction", [0.13, 0.5, 0.999])
+def test_file_cut_mid_record_reports_leftover(tmp_path, fraction):
+    data = LO_PCAP.read_bytes()
+    cut = int(len(data) * fraction)
+    ends = pcap_record_ends(data[:cut])
+    partial = tmp_path / "partial.pcap"
+    partial.write_bytes(data[:cut])
+    proc = run_tracer("analyze", "--format", "json", str(partial))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    cap = json.loads(proc.stdout)["captures"][0]
+    assert cap["packets"] == len(ends)
+    assert cap["leftover_bytes"] == cut - (ends[-1] if ends else 24)
+    # The same through a pipe (a file still being written looks like this).
+    piped = analyze_json("-", stdin=data[:cut])["captures"][0]
+    assert piped["packets"] == len(ends) and piped["leftover_bytes"] == cap["leftover_bytes"]
+
+
+def test_corrupt_record_length_names_the_offset(tmp_path):
+    data = bytearray(LO_PCAP.read_bytes())
+    ends = pcap_record_ends(bytes(data))
+    bad = ends[99]  # start of the 101st record
+    data[bad + 8 : bad + 12] = (0x7FFFFFFF).to_bytes(4, "little")
+    path = tmp_path / "corrupt.pcap"
+    path.write_bytes(bytes(data))
+    proc = run_tracer("analyze", "--format", "json", str(path))
+    assert proc.returncode == 1
+    stderr = proc.stderr.decode()
+    assert f"offset {bad}" in stderr and "Traceback" not in stderr
+    import json
+
+    cap = json.loads(proc.stdout)["captures"][0]
+    assert cap["packets"] == 100
+    assert f"offset {bad}" in cap["problem"]
+    assert cap["leftover_bytes"] == len(data) - bad
+
+
+def _one_error_line(proc) -> str:
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_clear_errors(tmp_path):
+    assert "no such file" in _one_error_line(run_tracer("analyze", str(tmp_path / "missing.pcap")))
+    assert "directory" in _one_error_line(run_tracer("analyze", str(tmp_path)))
+    text = tmp_path / "notes.txt"
+    text.write_text("hello world\n")
+    err = _one_error_line(run_tracer("analyze", str(text)))
+    assert "not a pcap or pcapng" in err and "68 65 6c 6c" in err
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    assert "empty" in _one_error_line(run_tracer("analyze", str(empty)))
+    user0 = write_pcap(tmp_path / "user0.pcap", [b"\x00" * 60] * 3, linktype=147)
+    err = _one_error_line(run_tracer("analyze", str(user0)))
+    assert "--engine pyshark" in err and "147" in err
+    assert "unknown keyword" in _one_error_line(run_tracer("analyze", "-f", "hots 1.2.3.4", str(DEMO)))
+    assert "no capture given" in _one_error_line(run_tracer("analyze"))
+
+
+def test_permission_denied(tmp_path):
+    path = tmp_path / "secret.pcap"
+    shutil.copy(LO_PCAP, path)
+    path.chmod(0o000)
+    cmd = [sys.executable, "-m", "tracer", "analyze", str(path)]
+    if os.geteuid() == 0:
+        # root reads anything; without these two capabilities it is refused like anyone else.
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, timeout=60, cwd=CAPTURES.parent)
+    assert "permission denied" in _one_error_line(proc)
+
+
+def test_text_report_and_output_file(tmp_path):
+    out = tmp_path / "report.txt"
+    proc = run_tracer("analyze", str(DEMO), "-o", str(out))
+    assert proc.returncode == 0 and proc.stdout == b""
+    text = out.read_text()
+    assert "TCP segments" in text and "RST" in text and str(DEMO) in text
+
+
+def test_filter_keeps_matching_segments():
+    everything = analyze_json(str(DEMO))["captures"][0]
+    v6 = analyze_json("-f", "ip6", str(DEMO))["captures"][0]
+    kept = v6["tcp_packets"] - v6["tcp_packets_filtered_out"]
+    assert kept == tshark_count(DEMO, "tcp && ipv6")
+    assert v6["tcp_packets"] == everything["tcp_packets"]
