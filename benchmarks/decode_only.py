@@ -15,11 +15,29 @@ import sys
 import time
 
 
-def decode_file(path: str) -> dict[str, float | int]:
+def _memory_kb() -> dict[str, int]:
+    """This process's resident memory by kind (Linux /proc; empty elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            lines = status.read().splitlines()
+    except OSError:
+        return {}
+    wanted = {"VmHWM", "RssAnon", "RssFile"}
+    return {
+        key: int(value.split()[0])
+        for key, _, value in (line.partition(":") for line in lines)
+        if key in wanted
+    }
+
+
+def decode_file(path: str) -> dict[str, float | int | None]:
     from tracer.decode import decode_frames
     from tracer.source import open_capture
 
     frames = tcp_packets = batches = 0
+    # mapped file pages count in RSS but are the page cache's, not ours: anonymous memory is
+    # what grows if something accumulates, so track its peak (sampled once per batch)
+    peak_anon_kb = 0
     started = time.perf_counter()
     with open_capture(path) as reader:
         for batch in reader.batches():
@@ -27,13 +45,18 @@ def decode_file(path: str) -> dict[str, float | int]:
             frames += counts.frames
             tcp_packets += len(packets)
             batches += 1
+            del batch, packets
+            peak_anon_kb = max(peak_anon_kb, _memory_kb().get("RssAnon", 0))
     seconds = time.perf_counter() - started
+    memory = _memory_kb()
     return {
         "packets": frames,
         "tcp_packets": tcp_packets,
         "batches": batches,
         "seconds": round(seconds, 4),
         "packets_per_s": round(frames / seconds) if seconds else 0,
+        "peak_rss_kb": memory.get("VmHWM"),
+        "peak_rss_anon_kb_sampled": peak_anon_kb or None,
     }
 
 

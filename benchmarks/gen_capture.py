@@ -74,7 +74,8 @@ DURATION_SPREAD = (0.3, 1.7)  # flow lifetime as a multiple of the mean
 IPV6_SHARE = 20  # percent of flows
 VLAN_SHARE, QINQ_SHARE = 13, 2  # percent of flows with one 802.1Q tag, with 802.1ad + 802.1Q
 TIMESTAMPS_SHARE = 90  # percent of flows negotiating RFC 7323 timestamps (the rest: Windows-like)
-CLIENT_PORTS = 64512  # ephemeral ports 1024..65535: ids g and g+64512 share a port, never an IP
+# Linux's ephemeral range 32768..60999: ids g and g+28232 share a port, never a client address
+CLIENT_PORT_BASE, CLIENT_PORTS = 32768, 28232
 SERVER_PORTS = np.array([443, 443, 443, 443, 443, 80, 80, 80, 8080, 8080])
 
 # TCP option layouts (RFC 9293, RFC 7323, RFC 2018), by template id.
@@ -142,7 +143,7 @@ def flow_identity(seed: int, flow: np.ndarray) -> dict[str, np.ndarray]:
         "vid_inner": 1000 + _pick(seed, flow, 7, 64),
         "has_ts": has_ts,
         "client_idx": client_idx,
-        "cport": 1024 + port_slot,
+        "cport": CLIENT_PORT_BASE + port_slot,
         "server_idx": _pick(seed, flow, 8, 8),
         "sport": SERVER_PORTS[_pick(seed, flow, 9, len(SERVER_PORTS))],
         "router_idx": _pick(seed, flow, 10, 3),

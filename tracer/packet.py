@@ -2,9 +2,10 @@
 
 Rules:
 - A **frame batch** (source -> decode) holds one row per capture record: when and how it was
-  captured, and the first `HEAD_LEN` bytes of the frame (bytes past `caplen` are undefined:
-  decode checks every field against `caplen`). Decode
-  needs nothing else, so sources never hand whole frames around.
+  captured, and where its bytes are: `data` is the buffer the source read them into (shared by
+  the batches of one read, never modified afterwards) and `offset` each frame's first byte in
+  it. Frames are not copied out; decode reads only the header bytes it needs, checking every
+  field against `caplen` (bytes past it belong to whatever followed the frame in the buffer).
 - A **packet batch** (decode -> flows) is one numpy structured array of `PACKET_DTYPE`, one row
   per decoded TCP segment, in capture order. Frames that are not TCP, or that are malformed,
   get no row; they are counted (see `DecodeCounts`).
@@ -20,11 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-# Bytes of each frame that sources copy out for decode: 14 Ethernet + 2 VLAN tags (8) +
-# 40 IPv6 + extension headers + 60 TCP fits comfortably; frames whose headers run past it are
-# counted as `headers_beyond_head` rather than decoded from garbage.
-HEAD_LEN = 256
 
 # TCP flag bits (RFC 9293 3.1; NS from RFC 3540, CWR/ECE from RFC 3168).
 TH_FIN = 0x001  # no more data from sender
@@ -96,10 +92,29 @@ class FrameBatch:
     linktype: np.ndarray  # uint16
     caplen: np.ndarray  # uint32
     wirelen: np.ndarray  # uint32
-    head: np.ndarray  # uint8 (n, HEAD_LEN); bytes past caplen are undefined
+    data: np.ndarray  # uint8 buffer holding the frames
+    offset: np.ndarray  # int64 index of each frame's first byte in `data`
 
     def __len__(self) -> int:
         return int(self.frame.shape[0])
+
+    def frame_bytes(self, i: int) -> bytes:
+        """The captured bytes of row i (for tests and debugging, not for hot paths)."""
+        start = int(self.offset[i])
+        return self.data[start : start + int(self.caplen[i])].tobytes()
+
+    def rows(self, which: slice | np.ndarray) -> FrameBatch:
+        """A batch of some rows, sharing the buffer."""
+        return FrameBatch(
+            frame=self.frame[which],
+            ts_ns=self.ts_ns[which],
+            iface=self.iface[which],
+            linktype=self.linktype[which],
+            caplen=self.caplen[which],
+            wirelen=self.wirelen[which],
+            data=self.data,
+            offset=self.offset[which],
+        )
 
 
 @dataclass

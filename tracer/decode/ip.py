@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracer.decode import vocab as v
-from tracer.decode.fields import Fields, missing_reason
+from tracer.decode.fields import Fields
 from tracer.decode.link import ETHERTYPE_BY_VERSION, ETHERTYPE_IPV4, ETHERTYPE_IPV6, LinkLayer
 from tracer.packet import ipv4_to_lo
 
@@ -45,7 +45,7 @@ class IpLayer:
     exceeds_frame: np.ndarray  # bool: kept-row anomaly
 
 
-def decode_ip(f: Fields, link: LinkLayer, caplen: np.ndarray, wirelen: np.ndarray) -> IpLayer:
+def decode_ip(f: Fields, link: LinkLayer, wirelen: np.ndarray) -> IpLayer:
     n = f.n
     out = IpLayer(
         version=np.zeros(n, np.uint8),
@@ -62,38 +62,37 @@ def decode_ip(f: Fields, link: LinkLayer, caplen: np.ndarray, wirelen: np.ndarra
         exceeds_frame=np.zeros(n, bool),
     )
     candidate = (link.drop == 0) & (link.nontcp == 0)
-    first_byte = f.u8(link.l3)
-    nibble = first_byte >> 4
+    nibble = f.u8(link.l3) >> 4
     by_version = link.ethertype == ETHERTYPE_BY_VERSION
     want4 = candidate & ((link.ethertype == ETHERTYPE_IPV4) | (by_version & (nibble == 4)))
     want6 = candidate & ((link.ethertype == ETHERTYPE_IPV6) | (by_version & (nibble == 6)))
-    # A raw-IP frame of another version, or an IP ethertype whose version disagrees.
     no_header = candidate & ~f.within(link.l3 + 1)
     link.drop[no_header] = v.DROP["truncated_ip_header"]
-    bad_version = candidate & ~no_header & ~((want4 & (nibble == 4)) | (want6 & (nibble == 6)))
+    # A raw-IP frame of another version, or an IP ethertype whose version disagrees.
+    is4 = want4 & (nibble == 4) & ~no_header
+    is6 = want6 & (nibble == 6) & ~no_header
+    bad_version = candidate & ~no_header & ~is4 & ~is6
     link.drop[bad_version] = v.DROP["bad_ip_version"]
-    rows4 = np.flatnonzero(want4 & (nibble == 4) & ~no_header)
-    rows6 = np.flatnonzero(want6 & (nibble == 6) & ~no_header)
-    if rows4.size:
-        _ipv4(f, rows4, link, out, caplen, wirelen)
-    if rows6.size:
-        _ipv6(f, rows6, link, out, caplen, wirelen)
+    for mask, decode in ((is4, _ipv4), (is6, _ipv6)):
+        count = int(np.count_nonzero(mask))
+        if count:
+            rows = slice(None) if count == n else np.flatnonzero(mask)
+            decode(f, rows, link, out, wirelen)
     return out
 
 
-def _ipv4(f, rows, link, out, caplen, wirelen) -> None:
+def _ipv4(f: Fields, rows, link: LinkLayer, out: IpLayer, wirelen: np.ndarray) -> None:
     l3 = link.l3[rows]
-    drop = np.zeros(rows.shape, np.uint8)
+    hdr = f.window(l3, 20, rows)
+    drop = np.zeros(l3.shape, np.uint8)
     fixed = f.within(l3 + 20, rows)
-    drop[~fixed] = missing_reason(f, l3 + 20, rows, v.DROP["truncated_ip_header"],
-                                  v.DROP["headers_beyond_head"], caplen)[~fixed]
-    ihl = (f.u8(l3, rows) & 0x0F).astype(np.int64) * 4
+    drop[~fixed] = v.DROP["truncated_ip_header"]
+    ihl = (hdr.u8(0) & 0x0F).astype(np.int64) * 4
     bad_ihl = (drop == 0) & (ihl < 20)
     drop[bad_ihl] = v.DROP["bad_ip_header_length"]
     options_missing = (drop == 0) & ~f.within(l3 + ihl, rows)
-    drop[options_missing] = missing_reason(f, l3 + ihl, rows, v.DROP["truncated_ip_header"],
-                                           v.DROP["headers_beyond_head"], caplen)[options_missing]
-    total = f.u16(l3 + 2, rows).astype(np.int64)
+    drop[options_missing] = v.DROP["truncated_ip_header"]
+    total = hdr.u16(2).astype(np.int64)
     on_wire = wirelen[rows].astype(np.int64) - l3
     total_zero = total == 0
     total = np.where(total_zero, on_wire, total)
@@ -101,10 +100,10 @@ def _ipv4(f, rows, link, out, caplen, wirelen) -> None:
     total = np.minimum(total, on_wire)
     bad_total = (drop == 0) & (total < ihl)
     drop[bad_total] = v.DROP["bad_ip_total_length"]
-    frag = f.u16(l3 + 6, rows)
-    proto = f.u8(l3 + 9, rows)
+    frag = hdr.u16(6)
+    proto = hdr.u8(9)
     ok = drop == 0
-    code = np.zeros(rows.shape, np.uint32)
+    code = np.zeros(l3.shape, np.uint32)
     non_first = ok & ((frag & 0x1FFF) != 0)
     code[non_first] = v.NONTCP_IPV4_FRAGMENT << 16
     other = ok & ~non_first & (proto != IPPROTO_TCP)
@@ -114,59 +113,61 @@ def _ipv4(f, rows, link, out, caplen, wirelen) -> None:
     out.version[rows] = 4
     out.l4[rows] = l3 + ihl
     out.l4_len[rows] = total - ihl
-    out.src_lo[rows] = ipv4_to_lo(f.u32(l3 + 12, rows))
-    out.dst_lo[rows] = ipv4_to_lo(f.u32(l3 + 16, rows))
-    out.ttl[rows] = f.u8(l3 + 8, rows)
-    out.ip_id[rows] = f.u16(l3 + 4, rows)
+    out.src_lo[rows] = ipv4_to_lo(hdr.u32(12))
+    out.dst_lo[rows] = ipv4_to_lo(hdr.u32(16))
+    out.ttl[rows] = hdr.u8(8)
+    out.ip_id[rows] = hdr.u16(4)
     out.df[rows] = (frag & 0x4000) != 0
     out.total_zero[rows] = total_zero & ok
     out.exceeds_frame[rows] = exceeds & ~total_zero & ok
 
 
-def _ipv6(f, rows, link, out, caplen, wirelen) -> None:
+def _ipv6(f: Fields, rows, link: LinkLayer, out: IpLayer, wirelen: np.ndarray) -> None:
     l3 = link.l3[rows]
-    drop = np.zeros(rows.shape, np.uint8)
+    hdr = f.window(l3, 40, rows)
+    drop = np.zeros(l3.shape, np.uint8)
     fixed = f.within(l3 + 40, rows)
-    drop[~fixed] = missing_reason(f, l3 + 40, rows, v.DROP["truncated_ip_header"],
-                                  v.DROP["headers_beyond_head"], caplen)[~fixed]
-    payload = f.u16(l3 + 4, rows).astype(np.int64)
+    drop[~fixed] = v.DROP["truncated_ip_header"]
+    payload = hdr.u16(4).astype(np.int64)
     on_wire = wirelen[rows].astype(np.int64) - l3
     jumbo = payload == 0  # jumbogram or offload: trust the frame length, as Wireshark does
     total = np.where(jumbo, on_wire, payload + 40)
     exceeds = total > on_wire
     total = np.minimum(total, on_wire)
-    next_header = f.u8(l3 + 6, rows).astype(np.int64)
+    next_header = hdr.u8(6).astype(np.int64)
     pos = l3 + 40
-    non_first = np.zeros(rows.shape, bool)
-    for _ in range(MAX_IPV6_EXTENSIONS):
-        ext = (drop == 0) & ~non_first & np.isin(next_header, IPV6_EXTENSION_HEADERS)
-        if not ext.any():
-            break
-        have_len = f.within(pos + 2, rows)
-        hdr_len = np.where(
-            next_header == IPV6_FRAGMENT,
-            8,
-            np.where(
-                next_header == IPV6_AH,
-                (f.u8(pos + 1, rows).astype(np.int64) + 2) * 4,
-                (f.u8(pos + 1, rows).astype(np.int64) + 1) * 8,
-            ),
-        )
-        complete = have_len & f.within(pos + hdr_len, rows)
-        missing = ext & ~complete
-        drop[missing] = missing_reason(f, pos + np.where(have_len, hdr_len, 2), rows,
-                                       v.DROP["truncated_ipv6_extension_header"],
-                                       v.DROP["headers_beyond_head"], caplen)[missing]
-        ext &= complete
-        fragment = ext & (next_header == IPV6_FRAGMENT)
-        non_first |= fragment & ((f.u16(pos + 2, rows) >> 3) != 0)
-        next_header = np.where(ext, f.u8(pos, rows).astype(np.int64), next_header)
-        pos = np.where(ext, pos + hdr_len, pos)
+    non_first = np.zeros(l3.shape, bool)
+    extended = (drop == 0) & np.isin(next_header, IPV6_EXTENSION_HEADERS)
+    if extended.any():
+        # Extension headers: per-row offsets, walked on the rows that have them.
+        all_rows = np.arange(f.n)[rows]
+        sub = np.flatnonzero(extended)
+        r = all_rows[sub]
+        nh, p = next_header[sub], pos[sub]
+        sub_drop = np.zeros(sub.shape, np.uint8)
+        sub_frag = np.zeros(sub.shape, bool)
+        for _ in range(MAX_IPV6_EXTENSIONS):
+            ext = (sub_drop == 0) & ~sub_frag & np.isin(nh, IPV6_EXTENSION_HEADERS)
+            if not ext.any():
+                break
+            have_len = f.within(p + 2, r)
+            second = f.u8(p + 1, r).astype(np.int64)
+            hdr_len = np.where(nh == IPV6_FRAGMENT, 8,
+                               np.where(nh == IPV6_AH, (second + 2) * 4, (second + 1) * 8))
+            complete = have_len & f.within(p + hdr_len, r)
+            missing = ext & ~complete
+            sub_drop[missing] = v.DROP["truncated_ipv6_extension_header"]
+            ext &= complete
+            fragment = ext & (nh == IPV6_FRAGMENT)
+            sub_frag |= fragment & ((f.u16(p + 2, r) >> 3) != 0)
+            nh = np.where(ext, f.u8(p, r).astype(np.int64), nh)
+            p = np.where(ext, p + hdr_len, p)
+        next_header[sub], pos[sub], drop[sub], non_first[sub] = nh, p, sub_drop, sub_frag
     l4_len = total - (pos - l3)
     bad_total = (drop == 0) & (l4_len < 0)
     drop[bad_total] = v.DROP["bad_ip_total_length"]
     ok = drop == 0
-    code = np.zeros(rows.shape, np.uint32)
+    code = np.zeros(l3.shape, np.uint32)
     code[ok & non_first] = v.NONTCP_IPV6_FRAGMENT << 16
     other = ok & ~non_first & (next_header != IPPROTO_TCP)
     code[other] = (v.NONTCP_IPV6_PROTO << 16) | next_header[other].astype(np.uint32)
@@ -175,9 +176,9 @@ def _ipv6(f, rows, link, out, caplen, wirelen) -> None:
     out.version[rows] = 6
     out.l4[rows] = pos
     out.l4_len[rows] = l4_len
-    out.src_hi[rows] = f.u64(l3 + 8, rows)
-    out.src_lo[rows] = f.u64(l3 + 16, rows)
-    out.dst_hi[rows] = f.u64(l3 + 24, rows)
-    out.dst_lo[rows] = f.u64(l3 + 32, rows)
-    out.ttl[rows] = f.u8(l3 + 7, rows)
+    out.src_hi[rows] = hdr.u64(8)
+    out.src_lo[rows] = hdr.u64(16)
+    out.dst_hi[rows] = hdr.u64(24)
+    out.dst_lo[rows] = hdr.u64(32)
+    out.ttl[rows] = hdr.u8(7)
     out.exceeds_frame[rows] = exceeds & ~jumbo & ok

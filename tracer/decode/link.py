@@ -1,9 +1,10 @@
 """Link layer: where the IP header starts in each frame, and which IP version to expect.
 
 Rules: one pass per link type present in the batch, on the rows of that link type, all rows at
-once. VLAN stacks (802.1Q 0x8100, 802.1ad 0x88a8, and the pre-standard 0x9100) are peeled in a
-loop over tag depth, never over packets. Raw-IP link types leave the version to the IP header's
-first nibble (`ETHERTYPE_BY_VERSION`).
+once; the first link-layer fields sit at fixed offsets, so they are strided column reads. VLAN
+stacks (802.1Q 0x8100, 802.1ad 0x88a8, and the pre-standard 0x9100) are peeled in a loop over
+tag depth, never over packets, on the tagged rows only. Raw-IP link types leave the version to
+the IP header's first nibble (`ETHERTYPE_BY_VERSION`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ETHERNET_HEADER = 14
 SLL_HEADER = 16  # protocol at offset 14
 SLL2_HEADER = 20  # protocol at offset 0
 NULL_HEADER = 4
+LINK_WINDOW = 22  # covers the protocol field of every link header above
 
 # BSD loopback address families: AF_INET is 2 everywhere; AF_INET6 is 24 (NetBSD, OpenBSD),
 # 28 (FreeBSD) or 30 (Darwin).
@@ -50,8 +52,9 @@ def decode_link(f: Fields, linktype: np.ndarray) -> LinkLayer:
         drop=np.zeros(n, np.uint8),
         nontcp=np.zeros(n, np.uint32),
     )
-    for lt in np.unique(linktype).tolist():
-        rows = np.flatnonzero(linktype == lt)
+    kinds = np.unique(linktype).tolist()
+    for lt in kinds:
+        rows = slice(None) if len(kinds) == 1 else np.flatnonzero(linktype == lt)
         if lt == v.LINKTYPE_ETHERNET:
             _ethernet_like(f, rows, out, type_at=12, payload_at=ETHERNET_HEADER)
         elif lt == v.LINKTYPE_LINUX_SLL:
@@ -71,48 +74,61 @@ def decode_link(f: Fields, linktype: np.ndarray) -> LinkLayer:
     return out
 
 
-def _ethernet_like(f: Fields, rows: np.ndarray, out: LinkLayer, type_at: int, payload_at: int) -> None:
+def _ethernet_like(f: Fields, rows, out: LinkLayer, type_at: int, payload_at: int) -> None:
     short = ~f.within(payload_at, rows)
-    ethertype = f.u16(type_at, rows).astype(np.uint32)
-    payload = np.full(rows.shape, payload_at, np.int64)
-    vlan = np.zeros(rows.shape, np.uint16)
-    tagged_once = np.zeros(rows.shape, bool)
-    for _ in range(MAX_VLAN_TAGS):
-        tagged = np.isin(ethertype, VLAN_ETHERTYPES) & ~short
-        if not tagged.any():
-            break
-        short |= tagged & ~f.within(payload + 4, rows)
-        tagged &= ~short
-        tci = f.u16(payload, rows)
-        first = tagged & ~tagged_once
-        vlan[first] = tci[first] & 0x0FFF
-        tagged_once |= tagged
-        ethertype = np.where(tagged, f.u16(payload + 2, rows).astype(np.uint32), ethertype)
-        payload = np.where(tagged, payload + 4, payload)
+    ethertype = f.window(0, LINK_WINDOW, rows).u16(type_at).astype(np.uint32)
+    payload = np.full(short.shape, payload_at, np.int64)
+    vlan = np.zeros(short.shape, np.uint16)
+    tagged = np.isin(ethertype, VLAN_ETHERTYPES) & ~short
+    if tagged.any():
+        # Only tagged rows take the per-row-offset path.
+        all_rows = np.arange(f.n)[rows]
+        sub = np.flatnonzero(tagged)
+        sub_rows = all_rows[sub]
+        sub_type = ethertype[sub]
+        sub_payload = payload[sub]
+        sub_short = np.zeros(sub.shape, bool)
+        sub_vlan = np.zeros(sub.shape, np.uint16)
+        seen = np.zeros(sub.shape, bool)
+        for _ in range(MAX_VLAN_TAGS):
+            is_tag = np.isin(sub_type, VLAN_ETHERTYPES) & ~sub_short
+            if not is_tag.any():
+                break
+            sub_short |= is_tag & ~f.within(sub_payload + 4, sub_rows)
+            is_tag &= ~sub_short
+            first = is_tag & ~seen
+            sub_vlan[first] = f.u16(sub_payload, sub_rows)[first] & 0x0FFF
+            seen |= is_tag
+            sub_type = np.where(is_tag, f.u16(sub_payload + 2, sub_rows).astype(np.uint32), sub_type)
+            sub_payload = np.where(is_tag, sub_payload + 4, sub_payload)
+        ethertype[sub] = sub_type
+        payload[sub] = sub_payload
+        vlan[sub] = sub_vlan
+        short[sub] |= sub_short
     out.l3[rows] = payload
     out.ethertype[rows] = ethertype
     out.vlan[rows] = vlan
-    drop = np.where(short, v.DROP["truncated_link_header"], 0).astype(np.uint8)
-    out.drop[rows] = drop
+    out.drop[rows] = np.where(short, v.DROP["truncated_link_header"], 0).astype(np.uint8)
     ok = ~short
     # Ethernet II types start at 0x0600; smaller values are 802.3 lengths (LLC follows).
     llc = ok & (ethertype < 0x0600) & (type_at == 12)
     other = ok & ~llc & (ethertype != ETHERTYPE_IPV4) & (ethertype != ETHERTYPE_IPV6)
-    code = np.zeros(rows.shape, np.uint32)
+    code = np.zeros(short.shape, np.uint32)
     code[other] = (v.NONTCP_ETHERTYPE << 16) | ethertype[other]
     code[llc] = v.NONTCP_LLC << 16
     out.nontcp[rows] = code
 
 
-def _bsd_loopback(f: Fields, rows: np.ndarray, out: LinkLayer, network_order: bool) -> None:
+def _bsd_loopback(f: Fields, rows, out: LinkLayer, network_order: bool) -> None:
     short = ~f.within(NULL_HEADER, rows)
-    big = f.u32(0, rows)
+    header = f.window(0, NULL_HEADER, rows)
+    big = header.u32(0)
     if network_order:
         family = big
     else:
         # Written in the capturing host's byte order: a family is small, so a value with
         # its low bytes empty was written the other way round.
-        little = f.u32_le(0, rows)
+        little = header.u32_le(0)
         family = np.where(little & 0xFFFF0000, big, little)
     ipv4 = family == AF_INET
     ipv6 = np.isin(family, AF_INET6_VALUES)

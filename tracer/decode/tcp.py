@@ -5,10 +5,13 @@ Rules:
   `truncated_tcp_header`. Options cut short by the snaplen keep the row: they are parsed as far
   as they were captured (`truncated_tcp_options`), as Wireshark does.
 - Payload length = transport length from the IP header - data offset * 4.
-- Options are walked in lockstep: each step reads the option at every row's cursor and advances
-  all cursors (an option list holds at most 40 bytes, so at most 40 steps). The first occurrence
-  of each option kind counts. A length < 2 or past the header end stops that row's walk
-  (`bad_tcp_option`).
+- The header is read from a 60-byte window (the largest TCP header), so every fixed field is a
+  strided column read.
+- Options: the two layouts that make up nearly all of Linux's traffic (NOP NOP TS on data
+  segments; MSS SACK-perm TS NOP WS on SYNs) are recognised by their kind bytes and read as
+  columns. Every other layout is walked in lockstep: each step reads the option at every row's
+  cursor and advances all cursors (at most 40 steps). The first occurrence of each option kind
+  counts. A length < 2 or past the header end stops that row's walk (`bad_tcp_option`).
 
 Option kinds: EOL 0, NOP 1, MSS 2 (len 4), window scale 3 (len 3), SACK-permitted 4 (len 2),
 SACK 5 (len 2 + 8k), timestamps 8 (len 10) -- RFC 9293, RFC 7323, RFC 2018.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from tracer.decode import vocab as v
-from tracer.decode.fields import Fields, missing_reason
+from tracer.decode.fields import Fields, Window
 from tracer.packet import (
     MAX_SACK_BLOCKS,
     OPT_MSS,
@@ -36,54 +39,103 @@ TCPOPT_WSCALE = 3
 TCPOPT_SACK_PERM = 4
 TCPOPT_SACK = 5
 TCPOPT_TIMESTAMP = 8
+MAX_TCP_HEADER = 60
 MAX_OPTION_STEPS = 40
 
+# Layouts read as columns: (header length, {column: kind byte or length byte}).
+LAYOUT_TS_ONLY = (32, {20: TCPOPT_NOP, 21: TCPOPT_NOP, 22: TCPOPT_TIMESTAMP, 23: 10})
+LAYOUT_LINUX_SYN = (
+    40,
+    {20: TCPOPT_MSS, 21: 4, 24: TCPOPT_SACK_PERM, 25: 2, 26: TCPOPT_TIMESTAMP, 27: 10,
+     36: TCPOPT_NOP, 37: TCPOPT_WSCALE, 38: 3},
+)
 
-def check_tcp(f: Fields, rows: np.ndarray, l4: np.ndarray, l4_len: np.ndarray,
-              caplen: np.ndarray) -> np.ndarray:
-    """DROP codes for candidate TCP rows (0 = decodable)."""
+
+def decode_tcp(f: Fields, rows: np.ndarray, l4: np.ndarray, l4_len: np.ndarray,
+               out_columns) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Decode the TCP header of candidate rows.
+
+    Returns (DROP code per candidate, the candidates kept, kept-row anomalies); `out_columns`
+    is called with the number of kept rows and returns the PACKET_DTYPE array to fill.
+    """
+    hdr = f.window(l4, MAX_TCP_HEADER, rows)
     drop = np.zeros(rows.shape, np.uint8)
     fixed = f.within(l4 + 20, rows)
-    drop[~fixed] = missing_reason(f, l4 + 20, rows, v.DROP["truncated_tcp_header"],
-                                  v.DROP["headers_beyond_head"], caplen)[~fixed]
-    short_ip = (drop == 0) & (l4_len < 20)
-    drop[short_ip] = v.DROP["bad_tcp_header_length"]
-    data_offset = (f.u8(l4 + 12, rows) >> 4).astype(np.int64) * 4
-    bad = (drop == 0) & ((data_offset < 20) | (data_offset > l4_len))
+    drop[~fixed] = v.DROP["truncated_tcp_header"]
+    b12 = hdr.u8(12)
+    data_offset = (b12 >> 4).astype(np.int64) * 4
+    bad = (drop == 0) & ((l4_len < 20) | (data_offset < 20) | (data_offset > l4_len))
     drop[bad] = v.DROP["bad_tcp_header_length"]
-    return drop
-
-
-def decode_tcp(f: Fields, rows: np.ndarray, l4: np.ndarray, l4_len: np.ndarray, out: np.ndarray,
-               caplen: np.ndarray) -> dict[str, int]:
-    """Fill the TCP columns of `out` (one row per entry of `rows`); returns kept-row anomalies."""
-    b12 = f.u8(l4 + 12, rows)
-    b13 = f.u8(l4 + 13, rows)
-    hdr_len = (b12 >> 4).astype(np.int64) * 4
-    out["sport"] = f.u16(l4, rows)
-    out["dport"] = f.u16(l4 + 2, rows)
-    out["seq"] = f.u32(l4 + 4, rows)
-    out["ack"] = f.u32(l4 + 8, rows)
-    out["flags"] = ((b12.astype(np.uint16) & 0x0F) << 8) | b13  # 9 flags + 3 reserved bits
-    out["window"] = f.u16(l4 + 14, rows)
-    out["urgent"] = f.u16(l4 + 18, rows)
-    out["tcp_hdr_len"] = hdr_len
-    out["payload_len"] = l4_len - hdr_len
+    keep = np.flatnonzero(drop == 0)
+    if keep.shape[0] != rows.shape[0]:
+        hdr = Window(hdr.data[keep])
+        b12, data_offset = b12[keep], data_offset[keep]
+    kept_rows = rows[keep]
+    out = out_columns(kept_rows)
+    out["sport"] = hdr.u16(0)
+    out["dport"] = hdr.u16(2)
+    out["seq"] = hdr.u32(4)
+    out["ack"] = hdr.u32(8)
+    out["flags"] = ((b12.astype(np.uint16) & 0x0F) << 8) | hdr.u8(13)  # 9 flags + 3 reserved
+    out["window"] = hdr.u16(14)
+    out["urgent"] = hdr.u16(18)
+    out["tcp_hdr_len"] = data_offset
+    out["payload_len"] = l4_len[keep] - data_offset
     anomalies: dict[str, int] = {}
-    with_options = np.flatnonzero(hdr_len > 20)
-    if with_options.size:
-        _options(f, rows[with_options], l4[with_options], hdr_len[with_options], out, with_options,
-                 caplen, anomalies)
-    return anomalies
+    if kept_rows.shape[0]:
+        header_end = l4[keep] + data_offset
+        captured = np.minimum(header_end, f.limit[kept_rows]) - l4[keep]  # option bytes seen
+        _options(hdr, data_offset, captured, out, anomalies)
+    return drop, kept_rows, anomalies
 
 
-def _options(f, rows, l4, hdr_len, out, out_rows, caplen, anomalies) -> None:
+def _matches(hdr: Window, data_offset: np.ndarray, captured: np.ndarray, layout) -> np.ndarray:
+    length, columns = layout
+    hit = (data_offset == length) & (captured >= length)
+    for column, value in columns.items():
+        hit &= hdr.u8(column) == value
+    return hit
+
+
+def _options(hdr: Window, data_offset, captured, out, anomalies) -> None:
+    has_options = data_offset > 20
+    if not has_options.any():
+        return
+    opt_present = np.zeros(hdr.n, np.uint8)
+    ts_only = _matches(hdr, data_offset, captured, LAYOUT_TS_ONLY)
+    syn = _matches(hdr, data_offset, captured, LAYOUT_LINUX_SYN)
+    tsval = np.where(ts_only, hdr.u32(24), np.where(syn, hdr.u32(28), 0)).astype(np.uint32)
+    tsecr = np.where(ts_only, hdr.u32(28), np.where(syn, hdr.u32(32), 0)).astype(np.uint32)
+    opt_present[ts_only] = OPT_TIMESTAMP
+    opt_present[syn] = OPT_MSS | OPT_SACK_PERM | OPT_TIMESTAMP | OPT_WSCALE
+    mss = np.where(syn, hdr.u16(22), 0).astype(np.uint16)
+    wscale = np.where(syn, hdr.u8(39), 0).astype(np.uint8)
+    out["tsval"] = tsval
+    out["tsecr"] = tsecr
+    out["mss"] = mss
+    out["wscale"] = wscale
+    out["opt_present"] = opt_present
+    truncated = captured < data_offset
+    if truncated.any():
+        anomalies["truncated_tcp_options"] = int(truncated.sum())
+    rest = np.flatnonzero(has_options & ~ts_only & ~syn)
+    if rest.size:
+        _walk_options(hdr, rest, data_offset[rest], captured[rest], out, anomalies)
+
+
+def _walk_options(hdr: Window, rows, header_end, captured_end, out, anomalies) -> None:
+    """The general option walk, on the rows whose layout was not recognised."""
     n = rows.shape[0]
-    header_end = l4 + hdr_len
-    # The walk stops at what was captured; running into that limit is a truncation, not an error.
-    captured_end = np.minimum(header_end, f.limit[rows])
-    truncated = captured_end < header_end
-    cursor = l4 + 20
+    flat = hdr.data.reshape(-1)
+    row_base = rows.astype(np.int64) * hdr.width
+    u16 = np.ndarray((flat.shape[0] - 1,), ">u2", buffer=flat, strides=(1,))
+    u32 = np.ndarray((flat.shape[0] - 3,), ">u4", buffer=flat, strides=(1,))
+    last = flat.shape[0] - 4
+
+    def at(which: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        return np.minimum(row_base[which] + offset, last)
+
+    cursor = np.full(n, 20, np.int64)
     present = np.zeros(n, np.uint8)
     mss = np.zeros(n, np.uint16)
     wscale = np.zeros(n, np.uint8)
@@ -97,45 +149,41 @@ def _options(f, rows, l4, hdr_len, out, out_rows, caplen, anomalies) -> None:
         active = active[cursor[active] < captured_end[active]]
         if not active.size:
             break
-        r = rows[active]
-        at = cursor[active]
-        kind = f.u8(at, r)
+        pos = cursor[active]
+        kind = flat[at(active, pos)]
         eol = kind == TCPOPT_EOL
         nop = kind == TCPOPT_NOP
         has_len = ~eol & ~nop
-        length = np.where(has_len, f.u8(at + 1, r).astype(np.int64), 1)
-        len_captured = ~has_len | (at + 2 <= captured_end[active])
-        fits = len_captured & (at + length <= captured_end[active])
-        # A length byte that was captured but is impossible for the header is an error; an
-        # option running into the snaplen is a truncation.
-        broken = has_len & len_captured & ((length < 2) | (at + length > header_end[active]))
+        length = np.where(has_len, flat[at(active, pos + 1)].astype(np.int64), 1)
+        len_captured = ~has_len | (pos + 2 <= captured_end[active])
+        fits = len_captured & (pos + length <= captured_end[active])
+        # A captured length byte that is impossible for the header is an error; an option
+        # running into the snaplen is a truncation (already counted).
+        broken = has_len & len_captured & ((length < 2) | (pos + length > header_end[active]))
         bad[active[broken]] = True
         usable = has_len & fits & ~broken
-
         step = (kind, usable, active, present)
         sel = _first(step, TCPOPT_MSS, length == 4, OPT_MSS)
-        mss[active[sel]] = f.u16(at[sel] + 2, r[sel])
+        mss[active[sel]] = u16[at(active[sel], pos[sel] + 2)]
         sel = _first(step, TCPOPT_WSCALE, length == 3, OPT_WSCALE)
-        wscale[active[sel]] = f.u8(at[sel] + 2, r[sel])
+        wscale[active[sel]] = flat[at(active[sel], pos[sel] + 2)]
         _first(step, TCPOPT_SACK_PERM, length == 2, OPT_SACK_PERM)
         sel = _first(step, TCPOPT_TIMESTAMP, length == 10, OPT_TIMESTAMP)
-        tsval[active[sel]] = f.u32(at[sel] + 2, r[sel])
-        tsecr[active[sel]] = f.u32(at[sel] + 6, r[sel])
+        tsval[active[sel]] = u32[at(active[sel], pos[sel] + 2)]
+        tsecr[active[sel]] = u32[at(active[sel], pos[sel] + 6)]
         sel = _first(step, TCPOPT_SACK, (length >= 10) & ((length - 2) % 8 == 0), OPT_SACK)
-        sack_at[active[sel]] = at[sel]
+        sack_at[active[sel]] = pos[sel]
         sack_count[active[sel]] = np.minimum((length[sel] - 2) // 8, MAX_SACK_BLOCKS)
         stop = eol | broken | (has_len & ~fits)
-        cursor[active] = at + length
+        cursor[active] = pos + length
         active = active[~stop]
-    if truncated.any():
-        anomalies["truncated_tcp_options"] = int(truncated.sum())
     if bad.any():
         anomalies["bad_tcp_option"] = int(bad.sum())
-    out["opt_present"][out_rows] = present
-    out["mss"][out_rows] = mss
-    out["wscale"][out_rows] = wscale
-    out["tsval"][out_rows] = tsval
-    out["tsecr"][out_rows] = tsecr
+    out["opt_present"][rows] = present
+    out["mss"][rows] = mss
+    out["wscale"][rows] = wscale
+    out["tsval"][rows] = tsval
+    out["tsecr"][rows] = tsecr
     with_sack = np.flatnonzero(sack_count)
     if with_sack.size:
         left = np.zeros((n, MAX_SACK_BLOCKS), np.uint32)
@@ -143,11 +191,11 @@ def _options(f, rows, l4, hdr_len, out, out_rows, caplen, anomalies) -> None:
         for block in range(MAX_SACK_BLOCKS):
             sel = with_sack[sack_count[with_sack] > block]
             start = sack_at[sel] + 2 + 8 * block
-            left[sel, block] = f.u32(start, rows[sel])
-            right[sel, block] = f.u32(start + 4, rows[sel])
-        out["sack_count"][out_rows] = sack_count
-        out["sack_left"][out_rows] = left
-        out["sack_right"][out_rows] = right
+            left[sel, block] = u32[at(sel, start)]
+            right[sel, block] = u32[at(sel, start + 4)]
+        out["sack_count"][rows] = sack_count
+        out["sack_left"][rows] = left
+        out["sack_right"][rows] = right
 
 
 def _first(step, kind_value: int, length_ok: np.ndarray, bit: int) -> np.ndarray:

@@ -51,7 +51,6 @@ DROP_REASONS = (
     "bad_ip_header_length",  # IPv4 IHL < 5
     "bad_ip_total_length",  # IPv4 total length < IHL, IPv6 payload < its extension headers
     "truncated_ipv6_extension_header",  # an IPv6 extension header runs past the capture
-    "headers_beyond_head",  # headers longer than the bytes copied for decode (HEAD_LEN)
     "truncated_tcp_header",  # fewer than 20 TCP header bytes captured
     "bad_tcp_header_length",  # data offset < 5, or the TCP header longer than the IP payload
 )

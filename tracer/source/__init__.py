@@ -136,18 +136,16 @@ class CaptureReader:
             mm = mmap.mmap(
                 self._mmap_fd, map_to - map_from, flags=flags, prot=mmap.PROT_READ, offset=map_from
             )
-            try:
-                buf = np.frombuffer(mm, np.uint8)[pos - map_from :]
-                batches, consumed = self.parser.parse(buf, pos)
-                del buf
-            finally:
-                try:
-                    mm.close()
-                except BufferError:  # a view escaped; the mapping goes with it
-                    pass
+            # The batches point into the mapping and keep it alive; it is unmapped when the
+            # last of them is gone, so memory follows the batches in flight, not the file.
+            buf = np.frombuffer(mm, np.uint8)[pos - map_from :]
+            del mm
+            batches, consumed = self.parser.parse(buf, pos)
+            del buf
             pos += consumed
             self.bytes_read = pos
             yield from batches
+            del batches
             if consumed == 0:
                 if map_to == size or window >= MAX_WINDOW_BYTES:
                     break  # the rest is an incomplete record (or one we refuse to hold)
@@ -158,7 +156,8 @@ class CaptureReader:
 
     def _batches_stream(self) -> Iterator[FrameBatch]:
         assert self._stream is not None
-        buf = np.empty(self.window_bytes, np.uint8)
+        pool = _BufferPool()
+        buf = pool.take(self.window_bytes)
         fill = 0
         stream_pos = 0  # stream offset of buf[0]
         eof = False
@@ -176,25 +175,24 @@ class CaptureReader:
                     break
                 fill += got
             batches, consumed = self.parser.parse(buf[:fill], stream_pos)
-            yield from batches
             stream_pos += consumed
             self.bytes_read = stream_pos
             rest = fill - consumed
-            if consumed:
-                buf[:rest] = buf[consumed:fill].copy()
-                fill = rest
-            elif fill == buf.shape[0]:
-                if buf.shape[0] >= MAX_WINDOW_BYTES:
+            if consumed or fill == buf.shape[0]:
+                # The batches point into `buf`: carry the unparsed tail over to another buffer
+                # (a bigger one if a single record did not fit) instead of moving it in place.
+                grow = not consumed
+                if grow and buf.shape[0] >= MAX_WINDOW_BYTES:
+                    yield from batches
                     break
-                bigger = np.empty(buf.shape[0] * 2, np.uint8)
-                bigger[:fill] = buf[:fill]
-                buf = bigger
-                continue
+                fresh = pool.take(buf.shape[0] * 2 if grow else self.window_bytes)
+                fresh[:rest] = buf[consumed:fill]
+                buf, fill = fresh, rest
+            yield from batches
+            del batches
             if eof and not consumed:
                 break
         self.leftover_bytes = fill
-        if not eof and not self.parser.finished:
-            self.leftover_bytes = fill  # stopped on an oversized record
         self.bytes_total = stream_pos + fill if eof else None
 
     # -- facts ---------------------------------------------------------------------------------
@@ -224,6 +222,30 @@ class CaptureReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _BufferPool:
+    """Read buffers for streams, reused once no frame batch points into them any more.
+
+    Reusing buffers avoids first-touch page faults on fresh memory, which cost more than the
+    reads themselves on these machines; a buffer still referenced by a batch in flight is never
+    handed out again, so batches stay valid however long a consumer keeps them.
+    """
+
+    MAX_POOLED = 8
+
+    def __init__(self) -> None:
+        self._buffers: list[np.ndarray] = []
+
+    def take(self, size: int) -> np.ndarray:
+        for buf in self._buffers:
+            # Referenced only by the pool list, this loop and getrefcount's argument.
+            if buf.shape[0] >= size and sys.getrefcount(buf) <= 3:
+                return buf[:size] if buf.shape[0] > size else buf
+        buf = np.empty(size, np.uint8)
+        if len(self._buffers) < self.MAX_POOLED:
+            self._buffers.append(buf)
+        return buf
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:

@@ -2,7 +2,8 @@
 
 Rules:
 - A parser is fed a buffer whose first byte is a record boundary and returns the frame batches
-  of every complete record in it plus how many bytes it consumed; the caller keeps the rest and
+  of every complete record in it (pointing into that buffer, which the caller must not modify
+  while they live) plus how many bytes it consumed; the caller keeps the rest and
   feeds it again with more data. The parsers do no I/O, so files (mmap), pipes, gzip streams and
   the live source share them.
 - Records are found with `records.walk_records` (vectorized); per-record fields are read with
@@ -22,9 +23,8 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from tracer.packet import HEAD_LEN, FrameBatch
+from tracer.packet import FrameBatch
 from tracer.source.records import RecordLayout, read_u16, read_u32, walk_records
 
 BATCH_FRAMES = 65536
@@ -58,52 +58,11 @@ def sniff_format(magic: bytes) -> str | None:
     return None
 
 
-def gather_heads(buf: np.ndarray, data_start: np.ndarray, caplen: np.ndarray) -> np.ndarray:
-    """The first HEAD_LEN bytes of each frame as one (n, HEAD_LEN) copy.
-
-    Bytes past a frame's caplen are whatever followed it in the buffer (zeros at the end):
-    decode checks every field against caplen, and zeroing them would cost more than the copy.
-    """
-    n = data_start.shape[0]
-    heads = np.empty((n, HEAD_LEN), np.uint8)
-    if n == 0:
-        return heads
-    limit = buf.shape[0] - HEAD_LEN
-    inner = data_start <= limit
-    if limit >= 0 and inner.any():
-        windows = sliding_window_view(buf, HEAD_LEN)
-        if inner.all():
-            heads[:] = windows[data_start]
-        else:
-            heads[inner] = windows[data_start[inner]]
-    if not inner.all():
-        # Frames near the end of the buffer: gather from a zero-padded copy of the tail.
-        tail_from = int(data_start[~inner].min())
-        tail = np.zeros(buf.shape[0] - tail_from + HEAD_LEN, np.uint8)
-        tail[: buf.shape[0] - tail_from] = buf[tail_from:]
-        heads[~inner] = sliding_window_view(tail, HEAD_LEN)[data_start[~inner] - tail_from]
-    return heads
-
-
 def _split(batch: FrameBatch) -> list[FrameBatch]:
     n = len(batch)
-    if n <= BATCH_FRAMES:
-        return [batch] if n else []
-    out = []
-    for lo in range(0, n, BATCH_FRAMES):
-        hi = lo + BATCH_FRAMES
-        out.append(
-            FrameBatch(
-                frame=batch.frame[lo:hi],
-                ts_ns=batch.ts_ns[lo:hi],
-                iface=batch.iface[lo:hi],
-                linktype=batch.linktype[lo:hi],
-                caplen=batch.caplen[lo:hi],
-                wirelen=batch.wirelen[lo:hi],
-                head=batch.head[lo:hi],
-            )
-        )
-    return out
+    if n == 0:
+        return []
+    return [batch.rows(slice(lo, lo + BATCH_FRAMES)) for lo in range(0, n, BATCH_FRAMES)]
 
 
 class CaptureParser:
@@ -126,8 +85,8 @@ class CaptureParser:
         if n:
             self.anomalies[reason] = self.anomalies.get(reason, 0) + n
 
-    def _frames(self, ts_ns, iface, linktype, caplen, wirelen, heads) -> FrameBatch:
-        n = heads.shape[0]
+    def _frames(self, ts_ns, iface, linktype, caplen, wirelen, buf, data_start) -> FrameBatch:
+        n = data_start.shape[0]
         frame = np.arange(self.frames_emitted + 1, self.frames_emitted + 1 + n, dtype=np.int64)
         self.frames_emitted += n
         return FrameBatch(
@@ -137,7 +96,8 @@ class CaptureParser:
             linktype=linktype.astype(np.uint16, copy=False),
             caplen=caplen.astype(np.uint32, copy=False),
             wirelen=wirelen.astype(np.uint32, copy=False),
-            head=heads,
+            data=buf,
+            offset=data_start.astype(np.int64, copy=False),
         )
 
     def parse(self, buf: np.ndarray, base_offset: int) -> tuple[list[FrameBatch], int]:
@@ -195,7 +155,12 @@ class PcapParser(CaptureParser):
                 & (frac < frac_limit)
             )
 
-        return RecordLayout(16, length_of, length_ok, valid, plausible)
+        def signature(buf, first):
+            # The high half of the seconds field: the same for every record within 18 hours.
+            at = 2 if little else 0
+            return at, bytes(buf[first + at : first + at + 2])
+
+        return RecordLayout(16, length_of, length_ok, valid, plausible, signature=signature)
 
     def parse(self, buf: np.ndarray, base_offset: int) -> tuple[list[FrameBatch], int]:
         if self.finished:
@@ -221,7 +186,6 @@ class PcapParser(CaptureParser):
         caplen = read_u32(buf, starts + 8, little)
         wirelen = read_u32(buf, starts + 12, little)
         ts_ns = sec * 1_000_000_000 + (frac if self.nanoseconds else frac * 1000)
-        heads = gather_heads(buf, starts + 16, caplen)
         n = starts.shape[0]
         batch = self._frames(
             ts_ns,
@@ -229,7 +193,8 @@ class PcapParser(CaptureParser):
             np.full(n, self.linktype, np.uint16),
             caplen,
             wirelen,
-            heads,
+            buf,
+            starts + 16,
         )
         return _split(batch), walk.stop
 
@@ -300,7 +265,11 @@ class PcapngParser(CaptureParser):
         def barrier(buf, pos):
             return read_u32(buf, pos, True) == PCAPNG_SHB
 
-        return RecordLayout(8, length_of, length_ok, valid, plausible, alignment=4, barrier=barrier)
+        def signature(buf, first):
+            return 0, (PCAPNG_EPB).to_bytes(4, "little" if little else "big")
+
+        return RecordLayout(8, length_of, length_ok, valid, plausible, alignment=4,
+                            barrier=barrier, signature=signature)
 
     def _stop(self, why: str) -> None:
         self.problem = why
@@ -470,6 +439,5 @@ class PcapngParser(CaptureParser):
             if sel.any():
                 t = table[int(i)]
                 ts_ns[sel] = _ticks_to_ns(ticks[sel], t.tsresol_base, t.tsresol_exp) + t.tsoffset_s * 1_000_000_000
-        heads = gather_heads(buf, data_start, caplen)
-        batch = self._frames(ts_ns, iface, link, caplen, wirelen, heads)
+        batch = self._frames(ts_ns, iface, link, caplen, wirelen, buf, data_start)
         return _split(batch)

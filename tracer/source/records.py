@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-SEGMENT_BYTES = 128 * 1024
-GUESS_WINDOW = 2048  # bytes searched for a plausible start at the head of each segment
+SEGMENT_BYTES = 32 * 1024
+GUESS_WINDOW = 1024  # bytes searched for a plausible start at the head of each segment
 GUESS_HOPS = 3  # successors a guess must also look plausible at
 MAX_GUESS_FAILURES = 8  # after this many wrong guesses in one call, walk without guessing
 
@@ -70,6 +71,9 @@ class RecordLayout:
     alignment: int = 1
     # Records of these first-u32 values end a walk (pcapng section headers change byte order).
     barrier: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # Bytes that most record headers share with the first one, as (offset in the header, byte
+    # values), read from the first record: guessing looks only where they occur.
+    signature: Callable[[np.ndarray, int], tuple[int, bytes]] | None = None
 
 
 @dataclass
@@ -207,8 +211,11 @@ def _guess_starts(
     align = layout.alignment
     if align > 1:
         heads += (-(heads + base_offset)) % align
-    step = np.arange(0, GUESS_WINDOW, align, dtype=np.int64)
-    cand = (heads[:, None] + step[None, :]).ravel()
+    if layout.signature is not None and start + layout.header_bytes <= end:
+        cand = _signature_candidates(buf, start, end, heads, layout)
+    else:
+        step = np.arange(0, GUESS_WINDOW, align, dtype=np.int64)
+        cand = (heads[:, None] + step[None, :]).ravel()
     cand = cand[cand + layout.header_bytes <= end]
     # Cheapest test first: most byte positions fail on the length field alone.
     cand = cand[layout.length_ok(layout.length_of(buf, cand))]
@@ -234,3 +241,19 @@ def _guess_starts(
     seg_of = (good_cand - start) // SEGMENT_BYTES
     first = np.unique(seg_of, return_index=True)[1]
     return good_cand[first]
+
+
+def _signature_candidates(buf, start, end, heads, layout) -> np.ndarray:
+    """Positions in each segment's guess window where the signature bytes occur."""
+    at, sig = layout.signature(buf, start)
+    heads = heads[heads + GUESS_WINDOW + at + len(sig) <= end]
+    if heads.size == 0:
+        return np.empty(0, np.int64)
+    block = sliding_window_view(buf, GUESS_WINDOW + at + len(sig))[heads]
+    hit = np.ones((heads.shape[0], GUESS_WINDOW), bool)
+    for i, value in enumerate(sig):
+        hit &= block[:, at + i : at + i + GUESS_WINDOW] == value
+    if layout.alignment > 1:
+        hit[:, np.arange(GUESS_WINDOW) % layout.alignment != 0] = False
+    flat = np.flatnonzero(hit)
+    return heads[flat // GUESS_WINDOW] + flat % GUESS_WINDOW
