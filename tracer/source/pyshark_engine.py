@@ -1,0 +1,446 @@
+"""`--engine pyshark`: packet batches from Wireshark's dissectors, through pyshark 0.6.
+
+Rules:
+- The compatibility path: any capture tshark can read (formats and encapsulations the native
+  reader and decoder do not handle) becomes the same `PACKET_DTYPE` batches and
+  `DecodeCounts` as the native path. One row per TCP segment outside ICMP, in capture order.
+- pyshark is imported at call time, so `import tracer` and the core stages never need it.
+- tshark runs with `TSHARK_PREFS` (the same preferences as the test oracle, tests/oracle.py):
+  no IP reassembly, no TCP desegmentation or sequence analysis, absolute sequence numbers, so
+  every frame is dissected on its own and SACK edges are raw.
+- A row needs the whole TCP header (flags and urgent pointer dissected, data offset >= 5, all
+  option bytes captured); other frames with TCP are counted in `anomalies`. The field rules
+  for awkward cases (IP-in-IP, QinQ, repeated options, fragments) are the oracle's; see its
+  module comment.
+- Errors the user can cause become typed, one-line errors: `ToolMissingError` (no tshark, no
+  pyshark), `CaptureOpenError` (missing, a directory, unreadable), `EngineError` (tshark
+  refused or failed on the file). A capture cut short in the middle of a record is not an
+  error: the frames before the cut are yielded and `anomalies["capture_cut_short"]` is 1.
+
+Theory of operation: pyshark starts `tshark -T ek` (one JSON document per frame; the fastest
+of pyshark 0.6's output modes) and hands us one `Packet` per frame without keeping it
+(`keep_packets=False`). We read the raw EK dicts of the few layers we need (`-J` keeps tshark
+from printing the others), append one tuple per TCP row, and build the numpy batch once per
+`batch_size` frames. This per-frame Python work is inherent to pyshark (it parses one JSON
+document per frame) and is why this engine is the slow path.
+
+pyshark 0.6 pitfalls handled here:
+- Without `eventloop=`, pyshark calls `asyncio.get_event_loop_policy().get_event_loop()`,
+  which fails under uvloop's policy ("There is no current event loop") and inside a running
+  loop. We create a fresh loop per read, pass it, and close it (and the capture) at the end,
+  also when the consumer stops iterating early (the generator's `finally`).
+- At end of file pyshark kills tshark even when it has already exited. `Popen.kill` reaps the
+  child itself (CPython checks `poll()` first), so asyncio's child watcher then finds no child,
+  logs "Unknown child process pid N" and reports exit status 255, which pyshark turns into a
+  `TSharkCrashException` on a perfectly good read. `_capture_class` waits for tshark to exit
+  on its own after EOF and only then lets pyshark clean up.
+- With a protocol repeated in a frame (IP-in-IP), EK prints the layer as a list of dicts and
+  pyshark keeps that list as one layer's "fields dict"; `_occurrence_fields` unwraps it.
+- EK names some option fields without the doubled prefix (`tcp_options_sack_perm` rather than
+  `tcp_tcp_options_sack_perm`); both spellings are accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from tracer.errors import CaptureOpenError, EngineError, ToolMissingError
+from tracer.packet import (
+    MAX_SACK_BLOCKS,
+    OPT_MSS,
+    OPT_SACK,
+    OPT_SACK_PERM,
+    OPT_TIMESTAMP,
+    OPT_WSCALE,
+    PACKET_DTYPE,
+    TCP_FLAG_NAMES,
+    DecodeCounts,
+    parse_address,
+)
+
+TSHARK_PREFS: dict[str, str] = {
+    "ip.defragment": "FALSE",
+    "ipv6.defragment": "FALSE",
+    "tcp.desegment_tcp_streams": "FALSE",
+    "tcp.analyze_sequence_numbers": "FALSE",
+    "tcp.relative_sequence_numbers": "FALSE",
+}
+
+# Only these layers are printed by tshark (-J); frame.protocols still names every layer.
+PRINTED_LAYERS = "frame vlan ieee8021ad ip ipv6 tcp"
+
+# Rows of an encapsulation that has no pcap LINKTYPE (or one this tshark does not map).
+LINKTYPE_UNKNOWN = 0xFFFF
+
+# LINKTYPEs whose Wireshark encapsulation (WTAP_ENCAP, what tshark shows as frame.encap_type)
+# is learned from the installed tshark, in order of preference when two share one.
+LINKTYPE_PROBES: tuple[int, ...] = (
+    1, 0, 101, 228, 229, 108, 113, 276, 9, 50, 104, 105, 127, 239, 12, 14,
+)
+
+# Seconds to wait for tshark to exit by itself after it closed its output.
+TSHARK_EXIT_WAIT_S = 10.0
+
+_LINK_LAYERS = {"eth", "ethertype", "vlan", "ieee8021ad", "sll", "raw", "null", "loop",
+                "ppp", "chdlc", "wlan", "radiotap", "nflog", "llc", "snap"}
+
+
+def _bytes_len(text: Any) -> int:
+    """Byte count of EK's FT_BYTES text ("02:04:05:b4")."""
+    if not text:
+        return 0
+    if isinstance(text, list):
+        text = text[0]
+    return (len(text) + 1) // 3
+
+
+def _num(value: Any) -> int:
+    """An EK number: "64", "0x1234", a bool, or a list of those (first occurrence wins)."""
+    if isinstance(value, list):
+        value = value[0]
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    return int(value, 16) if value.startswith("0x") else int(value)
+
+
+def _epoch_ns(text: str) -> int:
+    seconds, _, fraction = text.partition(".")
+    if seconds.startswith("-") or len(fraction) > 9:
+        return int(Decimal(text).scaleb(9).to_integral_value())
+    return int(seconds) * 1_000_000_000 + int(fraction.ljust(9, "0") or 0)
+
+
+def _occurrence_fields(layer_fields: Any, index: int) -> dict:
+    if isinstance(layer_fields, list):
+        return layer_fields[index]
+    if index != 0:
+        raise EngineError(f"tshark printed one layer where occurrence {index} was expected")
+    return layer_fields
+
+
+def _coarse_protocol(protocols: list[str]) -> str:
+    """A short name for a frame that gets no TCP row: "ipv4/udp", "ipv6/icmpv6", "arp"."""
+    for i, name in enumerate(protocols):
+        if name in ("ip", "ipv6"):
+            rest = [p for p in protocols[i + 1:] if not p.startswith("ipv6.")]
+            inner = rest[0] if rest else "none"
+            return f"{'ipv4' if name == 'ip' else 'ipv6'}/{'ipv4' if inner == 'ip' else inner}"
+    for name in protocols:
+        if name not in _LINK_LAYERS:
+            return name
+    return protocols[-1] if protocols else "unknown"
+
+
+def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
+             linktype: int) -> tuple | str:
+    """One PACKET_DTYPE tuple, or the anomaly reason why the frame gets no row."""
+    tcp_at = protocols.index("tcp")
+    tcp = layers.get("tcp")
+    if tcp is None:
+        return "tcp_layer_missing"
+    tcp = _occurrence_fields(tcp, 0)
+    hdr_len = tcp.get("tcp_tcp_hdr_len")
+    if hdr_len is None or "tcp_tcp_flags" not in tcp or "tcp_tcp_urgent_pointer" not in tcp:
+        return "tcp_header_truncated"
+    hdr_len = _num(hdr_len)
+    if hdr_len < 20:
+        return "tcp_bad_header_len"
+    if _bytes_len(tcp.get("tcp_tcp_options")) != hdr_len - 20:
+        return "tcp_header_truncated"
+    carriers = [i for i, name in enumerate(protocols[:tcp_at]) if name in ("ip", "ipv6")]
+    if not carriers:
+        return "tcp_without_ip"
+    carrier = carriers[-1]
+    ip_name = protocols[carrier]
+    ip = _occurrence_fields(layers[ip_name], protocols[:carrier].count(ip_name))
+    if ip_name == "ip":
+        version, ttl = 4, _num(ip["ip_ip_ttl"])
+        src, dst = ip["ip_ip_src"], ip["ip_ip_dst"]
+        ip_id, df = _num(ip["ip_ip_id"]), bool(_num(ip.get("ip_ip_flags_df", 0)))
+    else:
+        version, ttl = 6, _num(ip["ipv6_ipv6_hlim"])
+        src, dst = ip["ipv6_ipv6_src"], ip["ipv6_ipv6_dst"]
+        ip_id, df = 0, False
+    src_hi, src_lo = parse_address(src)
+    dst_hi, dst_lo = parse_address(dst)
+
+    vlan = 0
+    for name in protocols:
+        if name == "vlan" or name == "ieee8021ad":
+            tag = layers.get(name)
+            if tag is not None:
+                vlan = _num(_occurrence_fields(tag, 0)[f"{name}_{name}_id"])
+            break
+
+    if "tcp_tcp_len" in tcp:
+        payload_len = _num(tcp["tcp_tcp_len"])
+    elif ip_name == "ip":  # a fragment: tshark leaves tcp.len out
+        payload_len = max(_num(ip["ip_ip_len"]) - _num(ip["ip_ip_hdr_len"]) - hdr_len, 0)
+    else:
+        payload_len = _bytes_len(tcp.get("tcp_tcp_payload"))
+
+    present = mss = wscale = tsval = tsecr = sack_count = 0
+    sack_left = [0] * MAX_SACK_BLOCKS
+    sack_right = [0] * MAX_SACK_BLOCKS
+    if "tcp_tcp_options_mss_val" in tcp:
+        present |= OPT_MSS
+        mss = _num(tcp["tcp_tcp_options_mss_val"])
+    if "tcp_tcp_options_wscale_shift" in tcp:
+        present |= OPT_WSCALE
+        wscale = _num(tcp["tcp_tcp_options_wscale_shift"])
+    if "tcp_options_sack_perm" in tcp or "tcp_tcp_options_sack_perm" in tcp:
+        present |= OPT_SACK_PERM
+    lefts = tcp.get("tcp_tcp_options_sack_le")
+    if lefts is not None:
+        rights = tcp.get("tcp_tcp_options_sack_re", [])
+        lefts = lefts if isinstance(lefts, list) else [lefts]
+        rights = rights if isinstance(rights, list) else [rights]
+        sack_count = min(len(lefts), len(rights), MAX_SACK_BLOCKS)
+        for i in range(sack_count):
+            sack_left[i] = _num(lefts[i])
+            sack_right[i] = _num(rights[i])
+        present |= OPT_SACK
+    if "tcp_tcp_options_timestamp_tsval" in tcp:
+        present |= OPT_TIMESTAMP
+        tsval = _num(tcp["tcp_tcp_options_timestamp_tsval"])
+        tsecr = _num(tcp.get("tcp_tcp_options_timestamp_tsecr", 0))
+
+    return (
+        _num(frame["frame_frame_number"]),
+        _epoch_ns(frame["frame_frame_time_epoch"]),
+        _num(frame.get("frame_frame_interface_id", 0)),
+        linktype,
+        _num(frame["frame_frame_cap_len"]),
+        _num(frame["frame_frame_len"]),
+        version, src_hi, src_lo, dst_hi, dst_lo, ttl, ip_id, df, vlan,
+        _num(tcp["tcp_tcp_srcport"]),
+        _num(tcp["tcp_tcp_dstport"]),
+        _num(tcp["tcp_tcp_seq_raw"]),
+        _num(tcp["tcp_tcp_ack_raw"]),
+        _num(tcp["tcp_tcp_flags"]) & 0x1FF,
+        _num(tcp["tcp_tcp_window_size_value"]),
+        hdr_len,
+        payload_len,
+        _num(tcp["tcp_tcp_urgent_pointer"]),
+        present, mss, wscale, sack_count, sack_left, sack_right, tsval, tsecr,
+    )
+
+
+class _Batch:
+    """Rows and counts of the frames read since the last yield."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.counts = DecodeCounts()
+
+    def add_frame(self, packet: Any, encap_to_linktype: dict[int, int]) -> None:
+        frame = packet.frame_info._fields_dict
+        counts = self.counts
+        counts.frames += 1
+        encap = _num(frame.get("frame_frame_encap_type", 0))
+        linktype = encap_to_linktype.get(encap, LINKTYPE_UNKNOWN)
+        counts.linktypes[linktype] = counts.linktypes.get(linktype, 0) + 1
+        protocols = frame.get("frame_frame_protocols", "").split(":")
+        if "tcp" not in protocols or _inside_icmp(protocols):
+            name = _coarse_protocol(protocols)
+            counts.non_tcp[name] = counts.non_tcp.get(name, 0) + 1
+            return
+        layers: dict[str, Any] = {}
+        for layer in packet.layers:
+            layers.setdefault(layer.layer_name, layer._fields_dict)
+        try:
+            row = _tcp_row(frame, layers, protocols, linktype)
+        except (KeyError, ValueError, IndexError, TypeError):
+            row = "tcp_fields_missing"
+        if isinstance(row, str):
+            counts.anomalies[row] = counts.anomalies.get(row, 0) + 1
+        else:
+            self.rows.append(row)
+
+    def take(self) -> tuple[np.ndarray, DecodeCounts]:
+        packets = np.array(self.rows, dtype=PACKET_DTYPE) if self.rows else np.zeros(
+            0, dtype=PACKET_DTYPE)
+        counts = self.counts
+        counts.tcp_packets = len(packets)
+        flags = packets["flags"]
+        for bit, name in enumerate(TCP_FLAG_NAMES):
+            counts.flag_counts[name] = int(np.count_nonzero(flags & (1 << bit)))
+        self.rows, self.counts = [], DecodeCounts()
+        return packets, counts
+
+
+def _inside_icmp(protocols: list[str]) -> bool:
+    tcp_at = protocols.index("tcp")
+    return "icmp" in protocols[:tcp_at] or "icmpv6" in protocols[:tcp_at]
+
+
+def _probe_pcapng(linktypes: tuple[int, ...]) -> bytes:
+    """A pcapng with one interface per LINKTYPE and one empty record on each."""
+    def block(block_type: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        size = 12 + len(body)
+        return struct.pack("<II", block_type, size) + body + struct.pack("<I", size)
+
+    data = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    data += b"".join(block(1, struct.pack("<HHI", lt, 0, 65535)) for lt in linktypes)
+    data += b"".join(block(6, struct.pack("<5I", i, 0, 0, 0, 0)) for i in range(len(linktypes)))
+    return data
+
+
+@functools.cache
+def encap_to_linktype(tshark: str) -> dict[int, int]:
+    """This tshark's WTAP_ENCAP -> LINKTYPE map (WTAP numbers are internal to Wireshark and
+    may differ between versions, so they are learned from the installed tshark, not listed)."""
+    with tempfile.TemporaryDirectory(prefix="tracer-linktypes-") as tmp:
+        probe = os.path.join(tmp, "probe.pcapng")
+        with open(probe, "wb") as f:
+            f.write(_probe_pcapng(LINKTYPE_PROBES))
+        proc = subprocess.run(
+            [tshark, "-n", "-r", probe, "-T", "fields", "-e", "frame.interface_id",
+             "-e", "frame.encap_type"],
+            capture_output=True, text=True, check=False,
+        )
+    if proc.returncode != 0:
+        raise EngineError(f"tshark failed on its link-type probe: {_last_line(proc.stderr)}")
+    mapping: dict[int, int] = {}
+    for line in proc.stdout.splitlines():
+        iface, encap = (int(v) for v in line.split("\t"))
+        if encap != 0:  # WTAP_ENCAP_UNKNOWN
+            mapping.setdefault(encap, LINKTYPE_PROBES[iface])
+    return mapping
+
+
+def _last_line(stderr: str | None) -> str:
+    lines = [line.strip() for line in (stderr or "").splitlines()
+             if line.strip() and "Running as user" not in line]
+    return lines[-1] if lines else "no error message"
+
+
+@functools.cache
+def _capture_class() -> type:
+    """pyshark's FileCapture, with tshark's exit awaited before pyshark's cleanup kills it."""
+    import pyshark
+
+    class FileCapture(pyshark.FileCapture):
+        async def _cleanup_subprocess(self, process: Any) -> None:
+            if self._eof_reached and process.returncode is None:
+                try:
+                    await asyncio.wait_for(process.wait(), TSHARK_EXIT_WAIT_S)
+                except asyncio.TimeoutError:
+                    pass  # pyshark kills it
+            if self._eof_reached and self._stderr_handling_tasks:
+                # The last stderr line is tshark's reason for failing; let it arrive first.
+                await asyncio.wait(self._stderr_handling_tasks, timeout=TSHARK_EXIT_WAIT_S)
+            await super()._cleanup_subprocess(process)
+
+    return FileCapture
+
+
+def _check_capture_path(path: str) -> None:
+    if not os.path.exists(path):
+        raise CaptureOpenError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CaptureOpenError(f"{path}: is a directory")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise CaptureOpenError(f"{path}: {err.strerror or err}") from None
+
+
+def read_packets_pyshark(path: str, batch_size: int = 10000,
+                         display_filter: str | None = None,
+                         ) -> Iterator[tuple[np.ndarray, DecodeCounts]]:
+    """Yield (PACKET_DTYPE rows, DecodeCounts) per `batch_size` frames of the capture.
+
+    Blocks while tshark works: call it from a worker thread, not from a running event loop.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    path = os.fspath(path)
+    try:
+        import pyshark  # noqa: F401  (only checks that it is there)
+    except ImportError:
+        raise ToolMissingError("pyshark is not installed (pip install pyshark==0.6)") from None
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        raise ToolMissingError("tshark is not installed or not on PATH (apt-get install tshark)")
+    _check_capture_path(path)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("read_packets_pyshark blocks: run it in a worker thread "
+                           "(asyncio.to_thread), not inside a running event loop")
+    return _read(path, batch_size, display_filter, tshark)
+
+
+def _read(path: str, batch_size: int, display_filter: str | None,
+          tshark: str) -> Iterator[tuple[np.ndarray, DecodeCounts]]:
+    from pyshark.capture.capture import TSharkCrashException
+
+    linktypes = encap_to_linktype(tshark)
+    loop = asyncio.new_event_loop()
+    capture = _capture_class()(
+        path, keep_packets=False, use_ek=True, eventloop=loop, tshark_path=tshark,
+        display_filter=display_filter, override_prefs=TSHARK_PREFS,
+        custom_parameters=["-J", PRINTED_LAYERS],
+    )
+    packets = iter(capture)
+    batch = _Batch()
+    finished = False
+    try:
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except TSharkCrashException:
+                message = capture._last_error_line or "tshark failed"
+                if "cut short" not in message:
+                    raise EngineError(f"tshark could not read {path}: "
+                                      f"{_last_line(message)}") from None
+                batch.counts.anomalies["capture_cut_short"] = 1
+                break
+            batch.add_frame(packet, linktypes)
+            if batch.counts.frames >= batch_size:
+                yield batch.take()
+        finished = True
+        if batch.counts.frames or batch.counts.anomalies:
+            yield batch.take()
+    finally:
+        _close(capture, packets, loop, TSharkCrashException, quiet=not finished)
+
+
+def _close(capture: Any, packets: Any, loop: asyncio.AbstractEventLoop,
+           crash: type[Exception], quiet: bool) -> None:
+    """Stop tshark, close the capture and the loop, whether or not the read finished.
+
+    A tshark that we killed (the consumer stopped early) or that already failed reports a
+    crash here; that is expected, not a second error to raise.
+    """
+    try:
+        for close in (packets.close, capture.close):
+            try:
+                close()
+            except crash:
+                pass
+    finally:
+        capture._running_processes.clear()  # else pyshark's __del__ uses the closed loop
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    del quiet
