@@ -21,6 +21,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
+MIN_BUFFER = 64
+
+
 class Window:
     """Bytes [offset, offset + width) of each row, with fields read at constant columns."""
 
@@ -54,6 +57,11 @@ class Window:
 class Fields:
     def __init__(self, data: np.ndarray, offset: np.ndarray, caplen: np.ndarray) -> None:
         self.n = offset.shape[0]
+        if data.shape[0] < MIN_BUFFER:
+            # Clamped reads need some bytes to land on, even for a buffer of empty frames.
+            padded = np.zeros(MIN_BUFFER, np.uint8)
+            padded[: data.shape[0]] = data
+            data = padded
         self._flat = data
         self._row_base = offset.astype(np.int64, copy=False)
         self.limit = caplen.astype(np.int64)  # bytes of each frame that were captured

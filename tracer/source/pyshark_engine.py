@@ -153,11 +153,11 @@ def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
         return "tcp_layer_missing"
     tcp = _occurrence_fields(tcp, 0)
     hdr_len = tcp.get("tcp_tcp_hdr_len")
+    if hdr_len is not None and _num(hdr_len) < 20:
+        return "tcp_bad_header_len"
     if hdr_len is None or "tcp_tcp_flags" not in tcp or "tcp_tcp_urgent_pointer" not in tcp:
         return "tcp_header_truncated"
     hdr_len = _num(hdr_len)
-    if hdr_len < 20:
-        return "tcp_bad_header_len"
     if _bytes_len(tcp.get("tcp_tcp_options")) != hdr_len - 20:
         return "tcp_header_truncated"
     carriers = [i for i, name in enumerate(protocols[:tcp_at]) if name in ("ip", "ipv6")]
@@ -402,7 +402,6 @@ def _read(path: str, batch_size: int, display_filter: str | None,
     )
     packets = iter(capture)
     batch = _Batch()
-    finished = False
     try:
         while True:
             try:
@@ -419,15 +418,14 @@ def _read(path: str, batch_size: int, display_filter: str | None,
             batch.add_frame(packet, linktypes)
             if batch.counts.frames >= batch_size:
                 yield batch.take()
-        finished = True
         if batch.counts.frames or batch.counts.anomalies:
             yield batch.take()
     finally:
-        _close(capture, packets, loop, TSharkCrashException, quiet=not finished)
+        _close(capture, packets, loop, TSharkCrashException)
 
 
 def _close(capture: Any, packets: Any, loop: asyncio.AbstractEventLoop,
-           crash: type[Exception], quiet: bool) -> None:
+           crash: type[Exception]) -> None:
     """Stop tshark, close the capture and the loop, whether or not the read finished.
 
     A tshark that we killed (the consumer stopped early) or that already failed reports a
@@ -443,4 +441,3 @@ def _close(capture: Any, packets: Any, loop: asyncio.AbstractEventLoop,
         capture._running_processes.clear()  # else pyshark's __del__ uses the closed loop
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-    del quiet
