@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-
 MIN_BUFFER = 64
 
 

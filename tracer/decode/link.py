@@ -69,6 +69,8 @@ def decode_link(f: Fields, linktype: np.ndarray) -> LinkLayer:
             out.ethertype[rows] = ETHERTYPE_IPV4
         elif lt == v.LINKTYPE_IPV6:
             out.ethertype[rows] = ETHERTYPE_IPV6
+        elif lt == v.LINKTYPE_PCAPNG_RECORD:
+            out.nontcp[rows] = v.NONTCP_PCAPNG_RECORD << 16
         else:
             out.drop[rows] = v.DROP["unsupported_link_type"]
     return out

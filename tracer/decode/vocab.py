@@ -21,6 +21,9 @@ LINKTYPE_LINUX_SLL = 113  # Linux cooked capture v1 (16-byte header)
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276  # Linux cooked capture v2 (20-byte header)
+# Not a LINKTYPE: marks pcapng records that Wireshark numbers as frames but that hold no packet
+# (custom blocks, systemd journal entries, sysdig events). Reserved range, never in a file.
+LINKTYPE_PCAPNG_RECORD = 0xFFFE
 
 LINKTYPE_NAMES = {
     LINKTYPE_NULL: "NULL",
@@ -34,10 +37,12 @@ LINKTYPE_NAMES = {
     LINKTYPE_IPV6: "IPV6",
     LINKTYPE_LINUX_SLL2: "LINUX_SLL2",
 }
-SUPPORTED_LINKTYPES = frozenset(LINKTYPE_NAMES)
+SUPPORTED_LINKTYPES = frozenset(LINKTYPE_NAMES) | {LINKTYPE_PCAPNG_RECORD}
 
 
 def linktype_name(linktype: int) -> str:
+    if int(linktype) == LINKTYPE_PCAPNG_RECORD:
+        return "PCAPNG_RECORD"
     return LINKTYPE_NAMES.get(int(linktype), f"LINKTYPE_{int(linktype)}")
 
 
@@ -72,6 +77,7 @@ NONTCP_IPV4_FRAGMENT = 4  # a non-first IPv4 fragment
 NONTCP_IPV6_FRAGMENT = 5  # a non-first IPv6 fragment
 NONTCP_NULL_FAMILY = 6  # value: BSD loopback address family that is not IP
 NONTCP_LLC = 7  # 802.3 length field instead of an ethertype
+NONTCP_PCAPNG_RECORD = 8  # a pcapng record without a packet (custom block ...)
 
 _ETHERTYPE_NAMES = {0x0806: "arp", 0x86DD: "ipv6", 0x0800: "ipv4", 0x88CC: "lldp", 0x8035: "rarp"}
 _IP_PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
@@ -93,6 +99,8 @@ def nontcp_name(code: int) -> str:
         return f"null-family-{value}"
     if kind == NONTCP_LLC:
         return "llc"
+    if kind == NONTCP_PCAPNG_RECORD:
+        return "pcapng-record"
     return f"unknown-{code}"
 
 

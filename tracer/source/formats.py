@@ -24,6 +24,7 @@ import struct
 
 import numpy as np
 
+from tracer.decode.vocab import LINKTYPE_PCAPNG_RECORD
 from tracer.packet import FrameBatch
 from tracer.source.records import RecordLayout, read_u16, read_u32, walk_records
 
@@ -37,6 +38,9 @@ PCAPNG_IDB = 1
 PCAPNG_PB = 2
 PCAPNG_SPB = 3
 PCAPNG_EPB = 6
+# Blocks that Wireshark reads as records of their own, numbered as frames like packets although
+# they carry none: custom blocks (copyable / not), systemd journal exports, sysdig events.
+PCAPNG_RECORD_BLOCKS = (0x00000BAD, 0x40000BAD, 0x00000009, 0x204, 0x208, 0x216, 0x217)
 
 # Wireshark refuses records larger than this (WTAP_MAX_PACKET_SIZE_STANDARD).
 MAX_PCAP_CAPLEN = 262144
@@ -355,7 +359,8 @@ class PcapngParser(CaptureParser):
             return []
         little = self.little
         kinds = read_u32(buf, starts, little)
-        is_packet = (kinds == PCAPNG_EPB) | (kinds == PCAPNG_SPB) | (kinds == PCAPNG_PB)
+        is_record = np.isin(kinds, PCAPNG_RECORD_BLOCKS)
+        is_packet = (kinds == PCAPNG_EPB) | (kinds == PCAPNG_SPB) | (kinds == PCAPNG_PB) | is_record
         other = np.flatnonzero(~is_packet)
         # Interfaces are numbered in order of their IDBs within the section, and a packet may
         # only use one described before it.
@@ -378,6 +383,7 @@ class PcapngParser(CaptureParser):
         is_epb = kinds == PCAPNG_EPB
         is_spb = kinds == PCAPNG_SPB
         is_pb = kinds == PCAPNG_PB
+        is_record = ~is_epb & ~is_spb & ~is_pb
         iface = np.zeros(pk.shape, np.int64)
         caplen = np.zeros(pk.shape, np.int64)
         wirelen = np.zeros(pk.shape, np.int64)
@@ -409,11 +415,12 @@ class PcapngParser(CaptureParser):
                 cap = np.minimum(cap, snap)
             caplen[is_spb] = cap
             data_start[is_spb] = s + 12
+        data_start[is_record] = pk[is_record]  # no packet bytes: caplen stays 0
         overhead = np.where(is_spb, 16, 32)
-        too_long = caplen + overhead > length
+        too_long = (caplen + overhead > length) & ~is_record
         # Interfaces defined so far at each packet: those from earlier chunks plus earlier IDBs.
         known = before + np.searchsorted(np.array(idb_positions, np.int64), pk)
-        unknown_iface = iface >= known
+        unknown_iface = (iface >= known) & ~is_record
         bad = too_long | unknown_iface
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
@@ -427,15 +434,17 @@ class PcapngParser(CaptureParser):
             pk, iface, caplen, wirelen, ticks, data_start = (
                 pk[keep], iface[keep], caplen[keep], wirelen[keep], ticks[keep], data_start[keep]
             )
-            is_spb = is_spb[keep]
+            is_spb, is_record = is_spb[keep], is_record[keep]
         n = pk.shape[0]
         if n == 0:
             return []
         table = self.interfaces
-        link = np.array([t.linktype for t in table], np.uint16)[iface]
+        link_of = np.array([t.linktype for t in table] + [LINKTYPE_PCAPNG_RECORD], np.uint16)
+        link = link_of[np.where(is_record, len(table), iface)]
         ts_ns = np.zeros(n, np.int64)
         for i in np.unique(iface):
-            sel = (iface == i) & ~is_spb  # simple packet blocks carry no timestamp
+            # Simple packet blocks and record blocks carry no timestamp.
+            sel = (iface == i) & ~is_spb & ~is_record
             if sel.any():
                 t = table[int(i)]
                 ts_ns[sel] = _ticks_to_ns(ticks[sel], t.tsresol_base, t.tsresol_exp) + t.tsoffset_s * 1_000_000_000

@@ -34,6 +34,11 @@ pyshark 0.6 pitfalls handled here:
   logs "Unknown child process pid N" and reports exit status 255, which pyshark turns into a
   `TSharkCrashException` on a perfectly good read. `_capture_class` waits for tshark to exit
   on its own after EOF and only then lets pyshark clean up.
+- pyshark's synchronous iterator runs the event loop once per packet (`run_until_complete`
+  per frame), which cost more than our conversion; `_read` drives pyshark's callback
+  coroutine instead, stopping the loop when a batch is full.
+- pyshark loads Wireshark's whole EK field-type map (`tshark -G elastic-mapping`, 20 MB,
+  cached under ~/.cache/pyshark) at the first EK read of a process; we skip it.
 - With a protocol repeated in a frame (IP-in-IP), EK prints the layer as a list of dicts and
   pyshark keeps that list as one layer's "fields dict"; `_occurrence_fields` unwraps it.
 - EK names some option fields without the doubled prefix (`tcp_options_sack_perm` rather than
@@ -49,6 +54,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -127,7 +133,7 @@ def _occurrence_fields(layer_fields: Any, index: int) -> dict:
     if isinstance(layer_fields, list):
         return layer_fields[index]
     if index != 0:
-        raise EngineError(f"tshark printed one layer where occurrence {index} was expected")
+        raise IndexError(f"tshark printed one layer where occurrence {index} was expected")
     return layer_fields
 
 
@@ -331,15 +337,22 @@ def _last_line(stderr: str | None) -> str:
 
 @functools.cache
 def _capture_class() -> type:
-    """pyshark's FileCapture, with tshark's exit awaited before pyshark's cleanup kills it."""
+    """pyshark's FileCapture with two fixes (see the module's pitfalls)."""
     import pyshark
+    from pyshark.tshark.output_parser.tshark_ek import TsharkEkJsonParser
 
     class FileCapture(pyshark.FileCapture):
+        def _setup_tshark_output_parser(self) -> Any:
+            # pyshark would load the EK field-type map (`tshark -G elastic-mapping`, 20 MB of
+            # JSON, cached under ~/.cache/pyshark) only to cast values for EkLayer.get_field;
+            # we read the raw field dicts and convert them ourselves.
+            return TsharkEkJsonParser()
+
         async def _cleanup_subprocess(self, process: Any) -> None:
             if self._eof_reached and process.returncode is None:
                 try:
                     await asyncio.wait_for(process.wait(), TSHARK_EXIT_WAIT_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass  # pyshark kills it
             if self._eof_reached and self._stderr_handling_tasks:
                 # The last stderr line is tshark's reason for failing; let it arrive first.
@@ -391,6 +404,14 @@ def read_packets_pyshark(path: str, batch_size: int = 10000,
 
 def _read(path: str, batch_size: int, display_filter: str | None,
           tshark: str) -> Iterator[tuple[np.ndarray, DecodeCounts]]:
+    """Run pyshark's reading coroutine on our own loop, pausing it whenever a batch is full.
+
+    pyshark's synchronous iterator runs the event loop once per packet, which costs more than
+    the conversion itself; its callback coroutine runs through whole buffers instead. The
+    callback stops the loop when a batch fills, we yield, and the next `run_forever` resumes
+    the read where it stood. Frames decoded past a full batch go to the next one, so batches
+    hold exactly `batch_size` frames (the overshoot is bounded by pyshark's read buffer).
+    """
     from pyshark.capture.capture import TSharkCrashException
 
     linktypes = encap_to_linktype(tshark)
@@ -400,42 +421,49 @@ def _read(path: str, batch_size: int, display_filter: str | None,
         display_filter=display_filter, override_prefs=TSHARK_PREFS,
         custom_parameters=["-J", PRINTED_LAYERS],
     )
-    packets = iter(capture)
-    batch = _Batch()
+    batches = deque([_Batch()])
+
+    def on_packet(packet: Any) -> None:
+        if batches[-1].counts.frames >= batch_size:
+            batches.append(_Batch())
+            loop.stop()  # takes effect once pyshark next waits for tshark's output
+        batches[-1].add_frame(packet, linktypes)
+
+    reading = loop.create_task(capture.packets_from_tshark(on_packet))
+    reading.add_done_callback(lambda _: loop.stop())
     try:
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except TSharkCrashException:
-                message = capture._last_error_line or "tshark failed"
-                if "cut short" not in message:
-                    raise EngineError(f"tshark could not read {path}: "
-                                      f"{_last_line(message)}") from None
-                batch.counts.anomalies["capture_cut_short"] = 1
-                break
-            batch.add_frame(packet, linktypes)
-            if batch.counts.frames >= batch_size:
-                yield batch.take()
-        if batch.counts.frames or batch.counts.anomalies:
-            yield batch.take()
+        while not reading.done():
+            loop.run_forever()
+            while len(batches) > 1:
+                yield batches.popleft().take()
+        try:
+            reading.result()
+        except TSharkCrashException:
+            message = capture._last_error_line or ""
+            if "cut short" not in message:
+                raise EngineError(f"tshark could not read {path}: {_last_line(message)}"
+                                  ) from None
+            batches[-1].counts.anomalies["capture_cut_short"] = 1
+        last = batches.pop()
+        if last.counts.frames or last.counts.anomalies:
+            yield last.take()
     finally:
-        _close(capture, packets, loop, TSharkCrashException)
+        _close(capture, reading, loop)
 
 
-def _close(capture: Any, packets: Any, loop: asyncio.AbstractEventLoop,
-           crash: type[Exception]) -> None:
+def _close(capture: Any, reading: asyncio.Task, loop: asyncio.AbstractEventLoop) -> None:
     """Stop tshark, close the capture and the loop, whether or not the read finished.
 
-    A tshark that we killed (the consumer stopped early) or that already failed reports a
-    crash here; that is expected, not a second error to raise.
+    When the consumer stops early the read is cancelled, and pyshark's own `finally` kills
+    tshark; the crash it then reports, like any error already raised, is not news.
     """
     try:
-        for close in (packets.close, capture.close):
+        if not reading.done():
+            reading.cancel()
+        for finish in (lambda: loop.run_until_complete(reading), capture.close):
             try:
-                close()
-            except crash:
+                finish()
+            except (Exception, asyncio.CancelledError):
                 pass
     finally:
         capture._running_processes.clear()  # else pyshark's __del__ uses the closed loop
