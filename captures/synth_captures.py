@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import ipaddress
+import math
 import struct
 import subprocess
 import sys
@@ -1422,7 +1423,8 @@ def make_multi_interface() -> Capture:
         elif iface == 1:
             ts = sec * 10**9 + 987_654_321
         elif iface == 2:
-            ts = Fraction(sec * 1024 + 777, 1024) * 10**9  # not a whole ns: 0.758789062.. s
+            # not whole nanoseconds: .7587890625 s and .9990234375 s (tshark truncates)
+            ts = Fraction(sec * 1024 + (777, 1023)[i % 2], 1024) * 10**9
         elif iface == 3:
             ts = sec * 10**9 + 500_001_000
         else:
@@ -1815,7 +1817,7 @@ def compare_frame(frame: Frame, row: dict, n: int, capture: Capture) -> list[str
         got = row["frame.time_epoch"]
         sec, _, frac = got.partition(".")
         got_ns = int(sec) * 10**9 + int(frac.ljust(9, "0")[:9])
-        if abs(got_ns - want_ns) >= 1:
+        if got_ns != math.floor(want_ns):  # tshark truncates sub-nanosecond fractions
             problems.append(f"frame {n}: time {got} vs intended {float(want_ns) / 1e9:.9f}")
     check("frame.len", _num(row, "frame.len"), len(frame.data))
     snap = capture.snaplen
@@ -1883,8 +1885,12 @@ def check_capture(path: Path, capture: Capture) -> list[str]:
 # ---------------------------------------------------------------- main
 
 
-def all_captures() -> tuple[list[Capture], list[tuple[str, Capture]]]:
-    """The well-formed captures, and (file name, capture) for the compressed copies."""
+def all_captures() -> tuple[list[tuple[str, bytes]], list[tuple[str, Capture]]]:
+    """(file name, bytes) to write, and (file name, what tshark should show) to check.
+
+    A file can be checked in more than one view: synth-fragments.pcap with tshark's
+    defragmentation off (the decoder's per-packet view) and with tshark's defaults.
+    """
     fragments, fragments_default = make_fragments()
     captures = [
         make_null("<", "synth-null-le.pcap", nanos=False),
@@ -1913,15 +1919,20 @@ def all_captures() -> tuple[list[Capture], list[tuple[str, Capture]]]:
         make_be_pcapng(),
         make_header_only(),
     ]
+    files = [(c.name, c.data) for c in captures]
+    checks = [(c.name, c) for c in captures]
     by_name = {c.name: c for c in captures}
-    compressed = [
-        ("synth-tcp-options.pcap.gz", by_name["synth-tcp-options.pcap"]),
-        ("synth-multi-if.pcapng.gz", by_name["synth-multi-if.pcapng"]),
+    for gz_name, source in (
+        ("synth-tcp-options.pcap.gz", "synth-tcp-options.pcap"),
+        ("synth-multi-if.pcapng.gz", "synth-multi-if.pcapng"),
         # gzip inside, no .gz in the name: readers must go by the magic bytes
-        ("synth-be-gzipped.pcapng", by_name["synth-be.pcapng"]),
-    ]
-    captures_extra = [("synth-fragments.pcap (tshark defaults)", fragments_default)]
-    return captures, compressed + captures_extra
+        ("synth-be-gzipped.pcapng", "synth-be.pcapng"),
+    ):
+        files.append((gz_name, gzip_bytes(by_name[source].data)))
+        checks.append((gz_name, replace(by_name[source], name=gz_name)))
+    label = f"{fragments.name} (tshark defaults)"
+    checks.append((fragments.name, replace(fragments_default, name=label)))
+    return files, checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1931,30 +1942,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out
     (out / "malformed").mkdir(parents=True, exist_ok=True)
-    captures, extra = all_captures()
-    written: list[tuple[Path, Capture]] = []
-    for capture in captures:
-        path = out / capture.name
-        path.write_bytes(capture.data)
-        written.append((path, capture))
-    for name, capture in extra:
-        if name.endswith("(tshark defaults)"):
-            written.append((out / capture.name, replace(capture, name=name)))
-            continue
-        path = out / name
-        path.write_bytes(gzip_bytes(capture.data))
-        written.append((path, replace(capture, name=name)))
-    for name, (data, _) in malformed_files().items():
+    files, checks = all_captures()
+    for name, data in files:
+        (out / name).write_bytes(data)
+    malformed = malformed_files()
+    for name, (data, _) in malformed.items():
         (out / "malformed" / name).write_bytes(data)
-    print(
-        f"wrote {len(captures) + 3} synthetic captures and {len(malformed_files())} malformed "
-        f"inputs under {out}"
-    )
+    print(f"wrote {len(files)} synthetic captures and {len(malformed)} malformed inputs to {out}")
     if not args.check:
         return 0
     failures = 0
-    for path, capture in written:
-        problems = check_capture(path, capture)
+    for name, capture in checks:
+        problems = check_capture(out / name, capture)
         status = "ok" if not problems else f"{len(problems)} problem(s)"
         tcp_frames = sum(1 for f in capture.frames if f.expect.tcp is not None)
         print(f"  {capture.name}: {len(capture.frames)} frames, {tcp_frames} with TCP: {status}")
