@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tracer.analysis import CaptureAnalysis
-from tracer.decode import decode_frames
+from tracer.decode import decode_frames, flag_counts
 from tracer.filter import Mask
-from tracer.packet import TCP_FLAG_NAMES, DecodeCounts
+from tracer.packet import DecodeCounts
 from tracer.source import open_capture
 
 QUEUE_BATCHES = 4
@@ -142,8 +142,5 @@ def _add(analysis: CaptureAnalysis, packets: np.ndarray, counts: DecodeCounts,
         analysis.filtered_out += int(packets.shape[0] - np.count_nonzero(keep))
         packets = packets[keep]
         # Per-segment facts describe what the filter kept; frame-level counts stay whole.
-        flags = packets["flags"]
-        counts.flag_counts = {
-            name: int(np.count_nonzero(flags & (1 << bit))) for bit, name in enumerate(TCP_FLAG_NAMES)
-        }
+        counts.flag_counts = flag_counts(packets["flags"])
     analysis.add(packets, counts)

@@ -24,7 +24,7 @@ __all__ = ["decode_frames"]
 
 # Rows decoded together: small enough that a chunk's header bytes stay in the CPU cache
 # between the passes over them, large enough to amortize the per-call cost of numpy.
-DECODE_CHUNK_ROWS = 8192
+DECODE_CHUNK_ROWS = 16384
 
 
 def decode_frames(frames: FrameBatch) -> tuple[np.ndarray, DecodeCounts]:
@@ -34,29 +34,40 @@ def decode_frames(frames: FrameBatch) -> tuple[np.ndarray, DecodeCounts]:
     if n == 0:
         return np.zeros(0, PACKET_DTYPE), counts
     counts.linktypes = _count_values(frames.linktype)
-    parts, drops, nontcps = [], [], []
+    # One output array for the whole batch, filled chunk after chunk: no concatenation.
+    out = np.zeros(n, PACKET_DTYPE)
+    filled = 0
+    drop = np.empty(n, np.uint8)
+    nontcp = np.empty(n, np.uint32)
     for lo in range(0, n, DECODE_CHUNK_ROWS):
-        out, drop, nontcp, kept = _decode_chunk(frames.rows(slice(lo, lo + DECODE_CHUNK_ROWS)))
-        parts.append(out)
-        drops.append(drop)
-        nontcps.append(nontcp)
+        hi = min(lo + DECODE_CHUNK_ROWS, n)
+        chunk_drop, chunk_nontcp, rows, kept = _decode_chunk(frames.rows(slice(lo, hi)), out, filled)
+        filled += rows
+        drop[lo:hi] = chunk_drop
+        nontcp[lo:hi] = chunk_nontcp
         for name, value in kept.items():
             counts.anomalies[name] = counts.anomalies.get(name, 0) + value
-    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    drop = np.concatenate(drops)
+    out = out[:filled] if filled == n else out[:filled].copy()
     for name, value in vocab.count_codes(drop, lambda code: vocab.DROP_REASONS[code]).items():
         counts.anomalies[name] = counts.anomalies.get(name, 0) + value
-    counts.non_tcp = vocab.count_codes(np.where(drop == 0, np.concatenate(nontcps), 0),
-                                       vocab.nontcp_name)
-    counts.tcp_packets = int(out.shape[0])
-    flags = out["flags"]
-    counts.flag_counts = {
-        name: int(np.count_nonzero(flags & (1 << bit))) for bit, name in enumerate(TCP_FLAG_NAMES)
-    }
+    counts.non_tcp = vocab.count_codes(np.where(drop == 0, nontcp, 0), vocab.nontcp_name)
+    counts.tcp_packets = filled
+    counts.flag_counts = flag_counts(out["flags"])
     return out, counts
 
 
-def _decode_chunk(frames: FrameBatch):
+def flag_counts(flags: np.ndarray) -> dict[str, int]:
+    """Segments with each of the 9 TCP flags set."""
+    per_value = np.bincount(flags & 0x1FF, minlength=512)
+    values = np.arange(512)
+    return {
+        name: int(per_value[(values >> bit) & 1 == 1].sum())
+        for bit, name in enumerate(TCP_FLAG_NAMES)
+    }
+
+
+def _decode_chunk(frames: FrameBatch, dest: np.ndarray, at: int):
+    """Decode one chunk into dest[at:]; returns (drop codes, non-TCP codes, rows, anomalies)."""
     f = Fields(frames.data, frames.offset, frames.caplen)
     link = decode_link(f, frames.linktype)
     ip = decode_ip(f, link, frames.wirelen)
@@ -64,7 +75,7 @@ def _decode_chunk(frames: FrameBatch):
     holder: list[np.ndarray] = []
 
     def columns(rows: np.ndarray) -> np.ndarray:
-        out = np.zeros(rows.shape[0], PACKET_DTYPE)
+        out = dest[at : at + rows.shape[0]]
         out["frame"] = frames.frame[rows]
         out["ts_ns"] = frames.ts_ns[rows]
         out["iface"] = frames.iface[rows]
@@ -90,7 +101,7 @@ def _decode_chunk(frames: FrameBatch):
         hits = int(np.count_nonzero(flag[rows]))
         if hits:
             kept[name] = kept.get(name, 0) + hits
-    return holder[0], link.drop, link.nontcp, kept
+    return link.drop, link.nontcp, len(holder[0]), kept
 
 
 def _count_values(values: np.ndarray) -> dict[int, int]:

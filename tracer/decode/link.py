@@ -76,12 +76,16 @@ def decode_link(f: Fields, linktype: np.ndarray) -> LinkLayer:
     return out
 
 
+def _is_vlan(ethertype: np.ndarray) -> np.ndarray:
+    return (ethertype == 0x8100) | (ethertype == 0x88A8) | (ethertype == 0x9100)
+
+
 def _ethernet_like(f: Fields, rows, out: LinkLayer, type_at: int, payload_at: int) -> None:
     short = ~f.within(payload_at, rows)
     ethertype = f.window(0, LINK_WINDOW, rows).u16(type_at).astype(np.uint32)
     payload = np.full(short.shape, payload_at, np.int64)
     vlan = np.zeros(short.shape, np.uint16)
-    tagged = np.isin(ethertype, VLAN_ETHERTYPES) & ~short
+    tagged = _is_vlan(ethertype) & ~short
     if tagged.any():
         # Only tagged rows take the per-row-offset path.
         all_rows = np.arange(f.n)[rows]
@@ -93,7 +97,7 @@ def _ethernet_like(f: Fields, rows, out: LinkLayer, type_at: int, payload_at: in
         sub_vlan = np.zeros(sub.shape, np.uint16)
         seen = np.zeros(sub.shape, bool)
         for _ in range(MAX_VLAN_TAGS):
-            is_tag = np.isin(sub_type, VLAN_ETHERTYPES) & ~sub_short
+            is_tag = _is_vlan(sub_type) & ~sub_short
             if not is_tag.any():
                 break
             sub_short |= is_tag & ~f.within(sub_payload + 4, sub_rows)

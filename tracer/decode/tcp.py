@@ -42,13 +42,12 @@ TCPOPT_TIMESTAMP = 8
 MAX_TCP_HEADER = 60
 MAX_OPTION_STEPS = 40
 
-# Layouts read as columns: (header length, {column: kind byte or length byte}).
-LAYOUT_TS_ONLY = (32, {20: TCPOPT_NOP, 21: TCPOPT_NOP, 22: TCPOPT_TIMESTAMP, 23: 10})
-LAYOUT_LINUX_SYN = (
-    40,
-    {20: TCPOPT_MSS, 21: 4, 24: TCPOPT_SACK_PERM, 25: 2, 26: TCPOPT_TIMESTAMP, 27: 10,
-     36: TCPOPT_NOP, 37: TCPOPT_WSCALE, 38: 3},
-)
+# Layouts read as columns: (header length, [(column, mask, value) of big-endian u32 words]).
+# NOP NOP TS(10): the data segments of every Linux connection with timestamps.
+LAYOUT_TS_ONLY = (32, [(20, 0xFFFFFFFF, 0x0101080A)])
+# MSS(4) SACK-perm(2) TS(10) NOP WS(3): Linux SYN and SYN/ACK.
+LAYOUT_LINUX_SYN = (40, [(20, 0xFFFF0000, 0x02040000), (24, 0xFFFFFFFF, 0x0402080A),
+                         (36, 0xFFFFFF00, 0x01030300)])
 
 
 def decode_tcp(f: Fields, rows: np.ndarray, l4: np.ndarray, l4_len: np.ndarray,
@@ -90,10 +89,10 @@ def decode_tcp(f: Fields, rows: np.ndarray, l4: np.ndarray, l4_len: np.ndarray,
 
 
 def _matches(hdr: Window, data_offset: np.ndarray, captured: np.ndarray, layout) -> np.ndarray:
-    length, columns = layout
+    length, words = layout
     hit = (data_offset == length) & (captured >= length)
-    for column, value in columns.items():
-        hit &= hdr.u8(column) == value
+    for column, mask, value in words:
+        hit &= (hdr.u32(column) & mask) == value
     return hit
 
 

@@ -273,7 +273,7 @@ class PcapngParser(CaptureParser):
             return 0, (PCAPNG_EPB).to_bytes(4, "little" if little else "big")
 
         return RecordLayout(8, length_of, length_ok, valid, plausible, alignment=4,
-                            barrier=barrier, signature=signature)
+                            barrier=barrier, signature=signature, check_tail=True)
 
     def _stop(self, why: str) -> None:
         self.problem = why

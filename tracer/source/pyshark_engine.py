@@ -41,6 +41,8 @@ pyshark 0.6 pitfalls handled here:
   cached under ~/.cache/pyshark) at the first EK read of a process; we skip it.
 - With a protocol repeated in a frame (IP-in-IP), EK prints the layer as a list of dicts and
   pyshark keeps that list as one layer's "fields dict"; `_occurrence_fields` unwraps it.
+- pyshark's EK parser raises KeyError on a record without a timestamp (pcapng Simple Packet
+  Block); our parser gives such a record an empty one (ts_ns 0, as the oracle does).
 - EK names some option fields without the doubled prefix (`tcp_options_sack_perm` rather than
   `tcp_tcp_options_sack_perm`); both spellings are accepted.
 """
@@ -113,16 +115,22 @@ def _bytes_len(text: Any) -> int:
 
 def _num(value: Any) -> int:
     """An EK number: "64", "0x1234", a bool, or a list of those (first occurrence wins)."""
-    if isinstance(value, list):
-        value = value[0]
-    if isinstance(value, bool):
+    try:
         return int(value)
-    if isinstance(value, int):
-        return value
-    return int(value, 16) if value.startswith("0x") else int(value)
+    except ValueError:
+        return int(value, 16)
+    except TypeError:
+        return _num(value[0])
+
+
+# Addresses repeat on every packet of a flow; parsing them is the costliest conversion.
+_address = functools.lru_cache(maxsize=1 << 16)(parse_address)
 
 
 def _epoch_ns(text: str) -> int:
+    """EK's decimal epoch text -> int ns, exactly; no timestamp (pcapng SPB) -> 0."""
+    if not text:
+        return 0
     seconds, _, fraction = text.partition(".")
     if seconds.startswith("-") or len(fraction) > 9:
         return int(Decimal(text).scaleb(9).to_integral_value())
@@ -180,8 +188,8 @@ def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
         version, ttl = 6, _num(ip["ipv6_ipv6_hlim"])
         src, dst = ip["ipv6_ipv6_src"], ip["ipv6_ipv6_dst"]
         ip_id, df = 0, False
-    src_hi, src_lo = parse_address(src)
-    dst_hi, dst_lo = parse_address(dst)
+    src_hi, src_lo = _address(src)
+    dst_hi, dst_lo = _address(dst)
 
     vlan = 0
     for name in protocols:
@@ -226,7 +234,7 @@ def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
 
     return (
         _num(frame["frame_frame_number"]),
-        _epoch_ns(frame["frame_frame_time_epoch"]),
+        _epoch_ns(frame.get("frame_frame_time_epoch", "")),
         _num(frame.get("frame_frame_interface_id", 0)),
         linktype,
         _num(frame["frame_frame_cap_len"]),
@@ -320,7 +328,8 @@ def encap_to_linktype(tshark: str) -> dict[int, int]:
             capture_output=True, text=True, check=False,
         )
     if proc.returncode != 0:
-        raise EngineError(f"tshark failed on its link-type probe: {_last_line(proc.stderr)}")
+        raise EngineError("tshark failed on its link-type probe: "
+                          + _tshark_reason(proc.stderr.splitlines()))
     mapping: dict[int, int] = {}
     for line in proc.stdout.splitlines():
         iface, encap = (int(v) for v in line.split("\t"))
@@ -329,24 +338,48 @@ def encap_to_linktype(tshark: str) -> dict[int, int]:
     return mapping
 
 
-def _last_line(stderr: str | None) -> str:
-    lines = [line.strip() for line in (stderr or "").splitlines()
-             if line.strip() and "Running as user" not in line]
-    return lines[-1] if lines else "no error message"
+def _tshark_reason(lines: list[str]) -> str:
+    """tshark's error as one line: from its last "tshark: ..." line to the end."""
+    lines = [line for line in lines if line and "Running as user" not in line]
+    starts = [i for i, line in enumerate(lines) if line.startswith("tshark:")]
+    reason = " ".join(lines[starts[-1] if starts else max(len(lines) - 1, 0):])
+    return reason.removeprefix("tshark: ")
 
 
 @functools.cache
 def _capture_class() -> type:
     """pyshark's FileCapture with two fixes (see the module's pitfalls)."""
+    import json
+
     import pyshark
-    from pyshark.tshark.output_parser.tshark_ek import TsharkEkJsonParser
+    from pyshark.tshark.output_parser.tshark_ek import TsharkEkJsonParser, packet_from_ek_packet
+
+    class EkParser(TsharkEkJsonParser):
+        def _parse_single_packet(self, packet: bytes) -> Any:
+            try:
+                return packet_from_ek_packet(packet)
+            except KeyError:
+                # pyshark requires a timestamp; records without one (pcapng Simple Packet
+                # Blocks) get an empty one, which becomes ts_ns 0.
+                document = json.loads(packet)
+                frame = document["layers"]["frame"]
+                frame.setdefault("frame_frame_time_epoch", "")
+                frame.setdefault("frame_frame_len", frame.get("frame_frame_cap_len", "0"))
+                return packet_from_ek_packet(json.dumps(document).encode())
 
     class FileCapture(pyshark.FileCapture):
         def _setup_tshark_output_parser(self) -> Any:
             # pyshark would load the EK field-type map (`tshark -G elastic-mapping`, 20 MB of
             # JSON, cached under ~/.cache/pyshark) only to cast values for EkLayer.get_field;
             # we read the raw field dicts and convert them ourselves.
-            return TsharkEkJsonParser()
+            return EkParser()
+
+        async def _handle_process_stderr_forever(self, stderr: Any) -> None:
+            # pyshark keeps only the last line; tshark's reason often spans two.
+            self.stderr_lines: list[str] = []
+            while line := await stderr.readline():
+                self._last_error_line = line.decode(errors="replace").strip()
+                self.stderr_lines.append(self._last_error_line)
 
         async def _cleanup_subprocess(self, process: Any) -> None:
             if self._eof_reached and process.returncode is None:
@@ -439,11 +472,15 @@ def _read(path: str, batch_size: int, display_filter: str | None,
         try:
             reading.result()
         except TSharkCrashException:
-            message = capture._last_error_line or ""
+            message = _tshark_reason(getattr(capture, "stderr_lines", []))
             if "cut short" not in message:
-                raise EngineError(f"tshark could not read {path}: {_last_line(message)}"
-                                  ) from None
+                raise EngineError(f"tshark: {message}" if message else
+                                  f"tshark could not read {path}") from None
             batches[-1].counts.anomalies["capture_cut_short"] = 1
+        except Exception as err:  # pyshark choked on tshark's output (e.g. a frame without
+            # a timestamp, which pyshark 0.6's EK parser requires)
+            raise EngineError(f"pyshark could not parse tshark's output for {path}: "
+                              f"{type(err).__name__}: {err}") from err
         last = batches.pop()
         if last.counts.frames or last.counts.anomalies:
             yield last.take()

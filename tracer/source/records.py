@@ -71,6 +71,8 @@ class RecordLayout:
     alignment: int = 1
     # Records of these first-u32 values end a walk (pcapng section headers change byte order).
     barrier: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # `valid` needs the whole record (a trailer to check); otherwise it is never called.
+    check_tail: bool = False
     # Bytes that most record headers share with the first one, as (offset in the header, byte
     # values), read from the first record: guessing looks only where they occur.
     signature: Callable[[np.ndarray, int], tuple[int, bytes]] | None = None
@@ -101,18 +103,14 @@ def walk_records(
         )
         cursors_start = np.concatenate(([start], guesses)).astype(np.int64)
         limits = np.concatenate((guesses, [end])).astype(np.int64)
-        walked, final, state = _lockstep(buf, cursors_start, limits, end, layout)
+        seg, pos, final, state = _lockstep(buf, cursors_start, limits, end, layout)
         # Accept segments in order while each one's walk lands exactly on the next guess.
-        accepted_until = 0  # segments [0, accepted_until) verified
-        for k in range(len(cursors_start)):
-            accepted_until = k + 1
-            if state[k] != _REACHED or k == len(cursors_start) - 1:
-                break
-            if final[k] != cursors_start[k + 1]:
-                break
-        for k in range(accepted_until):
-            found.append(walked[k])
-        last = accepted_until - 1
+        lands = (state[:-1] == _REACHED) & (final[:-1] == cursors_start[1:])
+        misses = np.flatnonzero(~lands)
+        last = int(misses[0]) if misses.size else len(cursors_start) - 1
+        accepted = seg <= last
+        order = np.argsort(seg[accepted], kind="stable")  # walk order within each segment
+        found.append(pos[accepted][order])
         if state[last] == _REACHED and last < len(cursors_start) - 1:
             # The walk of a verified segment overshot the next guess: the guess was wrong.
             failures += 1
@@ -137,12 +135,12 @@ def _lockstep(
     limits: np.ndarray,
     end: int,
     layout: RecordLayout,
-) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Walk every segment from its start until its cursor reaches its limit.
 
-    Returns per segment the record starts it walked, its final cursor, and why it stopped:
-    _REACHED (cursor >= limit), _INCOMPLETE (the next record does not fit before `end`),
-    _CORRUPT (invalid length), _BARRIER (a barrier record).
+    Returns (segment of each record walked, its offset) in walk order, each segment's final
+    cursor, and why it stopped: _REACHED (cursor >= limit), _INCOMPLETE (the next record does
+    not fit before `end`), _CORRUPT (invalid length), _BARRIER (a barrier record).
     """
     nseg = len(starts)
     cursor = starts.copy()
@@ -150,53 +148,53 @@ def _lockstep(
     steps_seg: list[np.ndarray] = []
     steps_pos: list[np.ndarray] = []
     active = np.arange(nseg)
+    readable_end = max(end - layout.header_bytes, 0)
     while active.size:
         pos = cursor[active]
         reached = pos >= limits[active]
-        state[active[reached]] = _REACHED
-        keep = ~reached
-        active, pos = active[keep], pos[keep]
-        if not active.size:
-            break
-        no_header = pos + layout.header_bytes > end
-        state[active[no_header]] = _INCOMPLETE
-        keep = ~no_header
-        active, pos = active[keep], pos[keep]
-        if not active.size:
-            break
-        if layout.barrier is not None:
-            is_barrier = layout.barrier(buf, pos)
-            state[active[is_barrier]] = _BARRIER
-            keep = ~is_barrier
-            active, pos = active[keep], pos[keep]
+        if reached.any():
+            state[active[reached]] = _REACHED
+            active, pos = active[~reached], pos[~reached]
             if not active.size:
                 break
-        length = layout.length_of(buf, pos)
-        corrupt = ~layout.length_ok(length)
-        fits = ~corrupt & (pos + length <= end)
-        incomplete = ~corrupt & ~fits
-        ok = np.zeros(pos.shape, bool)
-        if fits.any():
-            # `valid` may read the record's tail, so only records that fit are checked.
-            ok[fits] = layout.valid(buf, pos[fits], length[fits])
-        corrupt |= fits & ~ok
-        state[active[corrupt]] = _CORRUPT
-        state[active[incomplete]] = _INCOMPLETE
-        keep = ok
-        active, pos, length = active[keep], pos[keep], length[keep]
+        # Read every length at once (clamped so the read is safe), then sort out the rare
+        # records that are not simply "fits, plausible length, not a barrier".
+        length = layout.length_of(buf, np.minimum(pos, readable_end))
+        following = pos + length
+        normal = (following <= end) & layout.length_ok(length) & (pos <= readable_end)
+        if layout.barrier is not None:
+            normal &= ~layout.barrier(buf, np.minimum(pos, readable_end))
+        if not normal.all():
+            odd = ~normal
+            odd_state = _classify(buf, pos[odd], length[odd], end, layout)
+            state[active[odd]] = odd_state
+            active, pos, length, following = (
+                active[normal], pos[normal], length[normal], following[normal]
+            )
+        if layout.check_tail:
+            ok = layout.valid(buf, pos, length)
+            if not ok.all():
+                state[active[~ok]] = _CORRUPT
+                active, pos, following = active[ok], pos[ok], following[ok]
         steps_seg.append(active)
         steps_pos.append(pos)
-        cursor[active] = pos + length
-    if steps_seg:
-        seg = np.concatenate(steps_seg)
-        pos = np.concatenate(steps_pos)
-        order = np.argsort(seg, kind="stable")  # within a segment, steps are in walk order
-        seg, pos = seg[order], pos[order]
-        bounds = np.searchsorted(seg, np.arange(nseg + 1))
-        walked = [pos[bounds[k] : bounds[k + 1]] for k in range(nseg)]
-    else:
-        walked = [np.empty(0, np.int64) for _ in range(nseg)]
-    return walked, cursor, state
+        cursor[active] = following
+    seg = np.concatenate(steps_seg) if steps_seg else np.empty(0, np.int64)
+    pos = np.concatenate(steps_pos) if steps_pos else np.empty(0, np.int64)
+    return seg, pos, cursor, state
+
+
+def _classify(buf, pos, length, end, layout) -> np.ndarray:
+    """Why records off the normal path stop their walk."""
+    out = np.full(pos.shape, _INCOMPLETE, np.int8)  # header or body runs past `end`
+    has_header = pos + layout.header_bytes <= end
+    if layout.barrier is not None and has_header.any():
+        barrier = np.zeros(pos.shape, bool)
+        barrier[has_header] = layout.barrier(buf, pos[has_header])
+        out[barrier] = _BARRIER
+        has_header &= ~barrier
+    out[has_header & ~layout.length_ok(length)] = _CORRUPT
+    return out
 
 
 def _guess_starts(
