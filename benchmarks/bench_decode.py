@@ -71,7 +71,15 @@ TSHARK_PREFS = {
 }
 # The only dissectors left enabled ("data" swallows TCP payloads without heuristics).
 TSHARK_ENABLED_PROTOCOLS = (
-    "frame", "eth", "ethertype", "vlan", "ieee8021ad", "ip", "ipv6", "tcp", "data",
+    "frame",
+    "eth",
+    "ethertype",
+    "vlan",
+    "ieee8021ad",
+    "ip",
+    "ipv6",
+    "tcp",
+    "data",
 )
 # Fields pyshark reads from each packet (EK names), the same facts as TSHARK_FIELDS.
 PYSHARK_FIELDS = {
@@ -79,8 +87,16 @@ PYSHARK_FIELDS = {
     "ip": ("src", "dst", "ttl", "id"),
     "ipv6": ("src", "dst", "hlim"),
     "tcp": (
-        "srcport", "dstport", "seq_raw", "ack_raw", "flags", "window_size_value", "len",
-        "options.mss_val", "options.wscale.shift", "options.timestamp.tsval",
+        "srcport",
+        "dstport",
+        "seq_raw",
+        "ack_raw",
+        "flags",
+        "window_size_value",
+        "len",
+        "options.mss_val",
+        "options.wscale.shift",
+        "options.timestamp.tsval",
         "options.timestamp.tsecr",
     ),
 }
@@ -141,20 +157,34 @@ def _check(measured: Measured, what: str) -> Measured:
 
 # ---------------------------------------------------------------- captures
 
+
 def ensure_capture(packets: int, seed: int, flows: int) -> tuple[Path, dict]:
     """The cached generated capture for these arguments, generating it if missing."""
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    path = DATA_DIR / f"gen-{packets}p-{flows}f-seed{seed}.pcap"
+    from benchmarks.gen_capture import GENERATOR_VERSION
+
+    path = DATA_DIR / f"gen{GENERATOR_VERSION}-{packets}p-{flows}f-seed{seed}.pcap"
     info_path = path.with_suffix(".json")
     if path.exists() and info_path.exists():
         return path, json.loads(info_path.read_text())
     partial = path.with_suffix(".partial")
     print(f"generating {path.name} ...", file=sys.stderr, flush=True)
     measured = _check(
-        run_measured([
-            sys.executable, "-m", "benchmarks.gen_capture", str(partial),
-            "--packets", str(packets), "--flows", str(flows), "--seed", str(seed), "--quiet",
-        ]),
+        run_measured(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.gen_capture",
+                str(partial),
+                "--packets",
+                str(packets),
+                "--flows",
+                str(flows),
+                "--seed",
+                str(seed),
+                "--quiet",
+            ]
+        ),
         "gen_capture",
     )
     info = json.loads(measured.stdout)
@@ -183,6 +213,7 @@ def warm_page_cache(path: Path) -> None:
 
 # ---------------------------------------------------------------- contenders
 
+
 def run_tracer(path: Path, repeat: int) -> dict:
     runs = []
     for _ in range(repeat):
@@ -193,7 +224,7 @@ def run_tracer(path: Path, repeat: int) -> dict:
         runs.append((measured, json.loads(measured.stdout)))
     best, inner = min(runs, key=lambda run: run[0].wall_s)
     return {
-        "command": " ".join(best.command[1:]),
+        "command": "python " + " ".join(best.command[1:]),
         "packets": inner["packets"],
         "tcp_packets": inner["tcp_packets"],
         "wall_s": best.wall_s,
@@ -253,10 +284,10 @@ def run_pyshark(path: Path, packets: int, config_dir: Path) -> dict:
         raise SystemExit(f"pyshark read {inner['packets']} packets, expected {packets}")
     return {
         "command": "pyshark.FileCapture(SLICE, use_ek=True, keep_packets=False, "
-                   "eventloop=<new loop>, override_prefs=<tshark prefs>), reading the fields",
+        "eventloop=<new loop>, override_prefs=<tshark prefs>), reading the fields",
         "packets": packets,
         "wall_s": measured.wall_s,
-        "cpu_s": measured.cpu_s,  # python only; its tshark child is accounted below
+        "cpu_s": measured.cpu_s,  # python and its tshark child (reaped by it)
         "packets_per_s": round(packets / measured.wall_s),
         "max_rss_kb": measured.max_rss_kb,
         "tshark_child_max_rss_kb": inner["tshark_child_max_rss_kb"],
@@ -298,16 +329,21 @@ def pyshark_worker(path: str) -> int:
         loop.close()
     seconds = time.perf_counter() - started
     child = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({
-        "packets": packets,
-        "field_values": values,
-        "seconds": round(seconds, 4),
-        "tshark_child_max_rss_kb": child.ru_maxrss,
-    }))
+    print(
+        json.dumps(
+            {
+                "packets": packets,
+                "field_values": values,
+                "seconds": round(seconds, 4),
+                "tshark_child_max_rss_kb": child.ru_maxrss,
+            }
+        )
+    )
     return 0
 
 
 # ---------------------------------------------------------------- reporting
+
 
 def machine_facts() -> dict:
     cpu = ""
@@ -357,28 +393,38 @@ def print_table(result: dict) -> None:
     if result.get("pyshark"):
         rows.append(("pyshark (EK), slice", result["pyshark"]))
     print()
-    print(f"{'contender':<24}{'packets':>12}{'wall s':>9}{'cpu s':>8}{'packets/s':>13}"
-          f"{'peak RSS MB':>13}")
+    print(
+        f"{'contender':<24}{'packets':>12}{'wall s':>9}{'cpu s':>8}{'packets/s':>13}"
+        f"{'peak RSS MB':>13}"
+    )
     for name, row in rows:
-        print(f"{name:<24}{row['packets']:>12,}{row['wall_s']:>9.2f}{row['cpu_s']:>8.2f}"
-              f"{row['packets_per_s']:>13,}{_mb(row['max_rss_kb']):>13}")
+        print(
+            f"{name:<24}{row['packets']:>12,}{row['wall_s']:>9.2f}{row['cpu_s']:>8.2f}"
+            f"{row['packets_per_s']:>13,}{_mb(row['max_rss_kb']):>13}"
+        )
     tracer = result["tracer"]
-    print(f"\ntracer decode loop alone: {tracer['loop_packets_per_s']:,} packets/s "
-          f"(target {TARGET_TRACER_PPS:,}); anonymous memory peak "
-          f"{_mb(tracer['peak_rss_anon_kb_sampled'])} MB")
+    print(
+        f"\ntracer decode loop alone: {tracer['loop_packets_per_s']:,} packets/s "
+        f"(target {TARGET_TRACER_PPS:,}); anonymous memory peak "
+        f"{_mb(tracer['peak_rss_anon_kb_sampled'])} MB"
+    )
     for key, label in (("vs_tshark", "tshark"), ("vs_pyshark", "pyshark")):
         ratio = result["ratios"].get(key)
         if ratio:
-            print(f"tracer / {label}: {ratio['wall']:.1f}x by process wall time, "
-                  f"{ratio['loop']:.1f}x by tracer's decode loop")
+            print(
+                f"tracer / {label}: {ratio['wall']:.1f}x by process wall time, "
+                f"{ratio['loop']:.1f}x by tracer's decode loop"
+            )
     scaling = result.get("memory_scaling")
     if scaling:
         print("\nmemory scaling (peak RSS MB):")
         for row in scaling["files"]:
             tshark_mb = _mb(row.get("tshark_max_rss_kb"))
-            print(f"  {row['packets']:>10,} packets  {row['bytes'] / 1e6:>7,.0f} MB file  tracer "
-                  f"{_mb(row['tracer_max_rss_kb'])} (anon {_mb(row['tracer_anon_kb'])})  "
-                  f"tshark {tshark_mb}")
+            print(
+                f"  {row['packets']:>10,} packets  {row['bytes'] / 1e6:>7,.0f} MB file  tracer "
+                f"{_mb(row['tracer_max_rss_kb'])} (anon {_mb(row['tracer_anon_kb'])})  "
+                f"tshark {tshark_mb}"
+            )
         print(f"  tracer flat: {scaling['tracer_flat']}")
 
 
@@ -405,10 +451,14 @@ def targets(result: dict) -> dict:
     return out
 
 
-def memory_scaling(seed: int, flows: int, config_dir: Path, with_tshark: bool) -> dict:
+def memory_scaling(
+    seed: int, flows: int, config_dir: Path, with_tshark: bool, tshark_done: dict[Path, dict]
+) -> dict:
+    """Peak memory on 1M and 5M packets. tracer runs on both back to back (same code);
+    tshark results already measured on one of the files (`tshark_done`) are reused."""
+    paths = [ensure_capture(packets, seed, flows)[0] for packets in (1_000_000, 5_000_000)]
     rows = []
-    for packets in (1_000_000, 5_000_000):
-        path, info = ensure_capture(packets, seed, flows)
+    for packets, path in zip((1_000_000, 5_000_000), paths, strict=True):
         warm_page_cache(path)
         tracer = run_tracer(path, 1)
         row = {
@@ -420,16 +470,17 @@ def memory_scaling(seed: int, flows: int, config_dir: Path, with_tshark: bool) -
             "tracer_packets_per_s": tracer["packets_per_s"],
         }
         if with_tshark:
-            print(f"tshark on {packets:,} packets ...", file=sys.stderr, flush=True)
-            tshark = run_tshark(path, packets, config_dir)
+            tshark = tshark_done.get(path)
+            if tshark is None:
+                print(f"tshark on {packets:,} packets ...", file=sys.stderr, flush=True)
+                tshark = run_tshark(path, packets, config_dir)
             row["tshark_max_rss_kb"] = tshark["max_rss_kb"]
             row["tshark_packets_per_s"] = tshark["packets_per_s"]
         rows.append(row)
     small, large = rows
     flat = (
         large["tracer_max_rss_kb"] <= small["tracer_max_rss_kb"] * MEMORY_FLAT_TOLERANCE
-        and (large["tracer_anon_kb"] or 0)
-        <= (small["tracer_anon_kb"] or 0) * MEMORY_FLAT_TOLERANCE
+        and (large["tracer_anon_kb"] or 0) <= (small["tracer_anon_kb"] or 0) * MEMORY_FLAT_TOLERANCE
     )
     return {"files": rows, "tracer_flat": flat}
 
@@ -443,12 +494,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flows", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--file", type=Path, help="benchmark this capture instead of generating")
-    parser.add_argument("--pyshark-slice", type=int, default=20_000,
-                        help="packets for pyshark (0 skips it)")
+    parser.add_argument(
+        "--pyshark-slice", type=int, default=20_000, help="packets for pyshark (0 skips it)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="tracer runs (best is kept)")
     parser.add_argument("--no-tshark", action="store_true")
-    parser.add_argument("--memory-scaling", action="store_true",
-                        help="also record peak memory on 1M- and 5M-packet captures")
+    parser.add_argument(
+        "--memory-scaling",
+        action="store_true",
+        help="also record peak memory on 1M- and 5M-packet captures",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write results JSON")
     parser.add_argument("--pyshark-worker", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -473,8 +528,12 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "decode",
             "started_utc": started.isoformat(timespec="seconds"),
             "machine": machine_facts(),
-            "capture": {**info, "bytes": path.stat().st_size, "packets": packets,
-                        "page_cache": "warmed with cat FILE > /dev/null"},
+            "capture": {
+                **info,
+                "bytes": path.stat().st_size,
+                "packets": packets,
+                "page_cache": "warmed with cat FILE > /dev/null",
+            },
             "tracer": tracer,
             "tshark_setup": {
                 "fields": list(TSHARK_FIELDS),
@@ -504,8 +563,9 @@ def main(argv: list[str] | None = None) -> int:
                 "loop": round(tracer["loop_packets_per_s"] / pyshark["packets_per_s"], 2),
             }
         if args.memory_scaling:
+            tshark_done = {path: result["tshark"]} if "tshark" in result else {}
             result["memory_scaling"] = memory_scaling(
-                args.seed, args.flows, config_dir, with_tshark=not args.no_tshark
+                args.seed, args.flows, config_dir, not args.no_tshark, tshark_done
             )
     result["targets"] = targets(result)
     result["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")

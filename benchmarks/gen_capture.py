@@ -1,7 +1,8 @@
 # Deterministic generator of large, realistic Ethernet/TCP captures for the decode benchmarks.
 #
 # Rules:
-# - Same arguments (seed included) -> byte-identical file, on any machine.
+# - Same arguments (seed included) -> byte-identical file. The chunk size is not part of the
+#   content; the numpy version may be (its random streams and float functions).
 # - No per-packet Python loop: flows are planned as arrays, expanded into packet rows by index
 #   arithmetic, and each chunk of rows is rendered into one byte buffer by scattered writes.
 # - Memory is bounded by the chunk size and the number of concurrent flows, never by file size.
@@ -43,9 +44,12 @@ import numpy as np
 
 from tracer.packet import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN
 
+# Bump when the same arguments start producing different bytes (benchmarks cache by it).
+GENERATOR_VERSION = 2
 EPOCH_NS = 1_704_067_200 * 1_000_000_000  # 2024-01-01T00:00:00Z: the capture's first instant
 LINKTYPE_ETHERNET = 1
 MS = 1_000_000
+BLOCK_PACKETS = 200_000  # flows are planned in blocks expected to hold about this many packets
 U32 = 0xFFFF_FFFF
 
 # Close kinds and their shares of flows.
@@ -104,6 +108,7 @@ PKT_DTYPE = np.dtype(
 
 # ---------------------------------------------------------------- identity by hashing (seed, g)
 
+
 def _mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer: a bijective scramble of uint64 values."""
     x = x ^ (x >> np.uint64(30))
@@ -129,9 +134,9 @@ def flow_identity(seed: int, flow: np.ndarray) -> dict[str, np.ndarray]:
     ntags = np.where(tag_roll < VLAN_SHARE, 1, np.where(tag_roll < VLAN_SHARE + QINQ_SHARE, 2, 0))
     has_ts = _pick(seed, flow, 3, 100) < TIMESTAMPS_SHARE
     port_slot = flow % CLIENT_PORTS
-    client_idx = (
-        (flow // CLIENT_PORTS) * 0x9E3779B1 + _pick(seed, port_slot, 4, 1 << 20)
-    ) & ((1 << 20) - 1)
+    client_idx = ((flow // CLIENT_PORTS) * 0x9E3779B1 + _pick(seed, port_slot, 4, 1 << 20)) & (
+        (1 << 20) - 1
+    )
     mss_cut = np.array([0, 0, 0, 0, 0, 0, 0, 8, 60, 80])[_pick(seed, flow, 5, 10)]
     mss_base = np.where(v6, 1440, 1460)
     windows_like = ~has_ts
@@ -167,13 +172,14 @@ def flow_identity(seed: int, flow: np.ndarray) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- conversation plans
 
+
 @dataclass
 class Shape:
     """Traffic shape fixed once per run (after calibration)."""
 
     response_segments: float  # mean response size in segments, calibrated to --avg-payload
     packets_per_flow: float
-    payload_per_packet: float
+    payload_per_packet: float  # the --avg-payload target the calibration met
     concurrency: int
     flow_interval_ns: int
     mean_duration_ns: int
@@ -304,6 +310,7 @@ def calibrate(seed: int, avg_payload: float, sample_flows: int = 20_000) -> tupl
 
 # ---------------------------------------------------------------- expansion into packet rows
 
+
 def _group_exclusive_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """For values grouped in runs of `counts`: the sum of the earlier values in the same run."""
     running = np.cumsum(values) - values
@@ -340,10 +347,15 @@ def expand(plan: Plan, seed: int) -> np.ndarray:
     think = np.maximum(plan.duration - busy, MIN_THINK_NS * gaps) // gaps
     ex_gap = (think[ef] * plan.think_w).astype(np.int64)
     ex_start = (
-        plan.t0[ef] + handshake_ns[ef] + _group_exclusive_cumsum(ex_gap + ex_dur, plan.n_exch) + ex_gap
+        plan.t0[ef]
+        + handshake_ns[ef]
+        + _group_exclusive_cumsum(ex_gap + ex_dur, plan.n_exch)
+        + ex_gap
     )
     close_t = (
-        plan.t0 + handshake_ns + _group_sum(ex_gap + ex_dur, ef, n)
+        plan.t0
+        + handshake_ns
+        + _group_sum(ex_gap + ex_dur, ef, n)
         + (think * plan.close_w).astype(np.int64)
     )
 
@@ -359,8 +371,18 @@ def expand(plan: Plan, seed: int) -> np.ndarray:
 
     sections = [
         _handshake_rows(plan, ident, refused),
-        _exchange_rows(plan, ident, ex_start, ex_pkts, ex_ord0, client_off, server_off,
-                       first_seg_t, tail_t, rtt_x),
+        _exchange_rows(
+            plan,
+            ident,
+            ex_start,
+            ex_pkts,
+            ex_ord0,
+            client_off,
+            server_off,
+            first_seg_t,
+            tail_t,
+            rtt_x,
+        ),
         _close_rows(plan, ident, close_t, client_total, server_total, 3 + flow_ex_pkts),
     ]
     pk = np.concatenate(sections)
@@ -370,8 +392,7 @@ def expand(plan: Plan, seed: int) -> np.ndarray:
 
 
 def _rows(n: int) -> np.ndarray:
-    rows = np.zeros(n, dtype=PKT_DTYPE)
-    return rows
+    return np.zeros(n, dtype=PKT_DTYPE)
 
 
 def _handshake_rows(plan: Plan, ident: dict, refused: np.ndarray) -> np.ndarray:
@@ -444,13 +465,12 @@ def _exchange_rows(
 
     seg_index = np.where(is_tail_retx, segs - 1, 2 * k + q)
     last = seg_index == segs - 1
-    seg_t = (
-        first_seg_t[ex] + (seg_index // BURST_SEGMENTS) * rtt + seg_index * SEGMENT_GAP_NS
-    )
+    seg_t = first_seg_t[ex] + (seg_index // BURST_SEGMENTS) * rtt + seg_index * SEGMENT_GAP_NS
     acked_seg = np.minimum(2 * k + 1, segs - 1)
     acked_t = first_seg_t[ex] + (acked_seg // BURST_SEGMENTS) * rtt + acked_seg * SEGMENT_GAP_NS
-    acked_bytes = np.where(acked_seg == segs - 1, (segs - 1) * seg_len + last_len,
-                           (acked_seg + 1) * seg_len)
+    acked_bytes = np.where(
+        acked_seg == segs - 1, (segs - 1) * seg_len + last_len, (acked_seg + 1) * seg_len
+    )
     ack_t = np.where(in_last_pair, tail_t[ex], acked_t) + rtt
     rto = RTO_MIN_NS + rtt
 
@@ -462,7 +482,9 @@ def _exchange_rows(
     )
     r["dir"] = is_seg | is_tail_retx
     r["flags"] = np.where(is_req | ((is_seg | is_tail_retx) & last), TH_PSH | TH_ACK, TH_ACK)
-    r["seq"] = np.where(is_req | is_ack, c_seq + is_ack * req_len, s_seq + seg_index * seg_len) & U32
+    r["seq"] = (
+        np.where(is_req | is_ack, c_seq + is_ack * req_len, s_seq + seg_index * seg_len) & U32
+    )
     r["ack"] = np.where(is_req, s_seq, np.where(is_ack, s_seq + acked_bytes, c_seq + req_len)) & U32
     r["plen"] = np.select([is_req, is_ack, last], [req_len, 0, last_len], seg_len)
     r["opt"] = np.where(ident["has_ts"][fl], OPT_TS, OPT_NONE)
@@ -508,9 +530,7 @@ def _close_rows(
     r["seq"] = np.select([k == 0, k == 1], [own_next, peer_next], own_next + 1) & U32
     r["ack"] = np.select([bare, k == 0, k == 1], [0, peer_next, own_next + 1], peer_next + 1) & U32
     r["opt"] = np.where(has_ts & ~bare, OPT_TS, OPT_NONE)
-    r["win"] = np.where(
-        ~is_fin, 0, np.where(r["dir"] == 1, ident["win_s"][fl], ident["win_c"][fl])
-    )
+    r["win"] = np.where(~is_fin, 0, np.where(r["dir"] == 1, ident["win_s"][fl], ident["win_c"][fl]))
     return r
 
 
@@ -528,9 +548,12 @@ def _fill_ip_ids_and_timestamps(pk: np.ndarray, plan: Plan, ident: dict) -> None
     t0, rtt = plan.t0[local], plan.rtt[local]
     client_clock = (pk["t"] - rtt // 2 - t0) // MS  # when the client sent it, in its clock
     server_clock = (pk["t"] - t0) // MS
-    pk["tsval"] = np.where(
-        is_server, plan.tsbase_s[local] + server_clock, plan.tsbase_c[local] + client_clock
-    ) & U32
+    pk["tsval"] = (
+        np.where(
+            is_server, plan.tsbase_s[local] + server_clock, plan.tsbase_c[local] + client_clock
+        )
+        & U32
+    )
 
     carries_ts = (pk["opt"] == OPT_TS) | (pk["opt"] == OPT_SYN_LINUX)
     t_min = int(pk["t"].min()) if len(pk) else 0
@@ -554,8 +577,9 @@ def _fill_ip_ids_and_timestamps(pk: np.ndarray, plan: Plan, ident: dict) -> None
 
 # ---------------------------------------------------------------- rendering into file bytes
 
-_PATTERN = np.frombuffer(b"tracer benchmark payload, repeated to fill the segment. " * 64,
-                         dtype=np.uint8)
+_PATTERN = np.frombuffer(
+    b"tracer benchmark payload, repeated to fill the segment. " * 64, dtype=np.uint8
+)
 _ARANGE = {size: np.arange(size, dtype=np.int64) for size in (1, 2, 4, 8)}
 
 
@@ -572,14 +596,17 @@ class _Scratch:
     def __init__(self) -> None:
         self.buf = np.zeros(0, dtype=np.uint8)
 
-    def filled(self, total: int) -> np.ndarray:
+    def filled(self, total: int, file_offset: int) -> np.ndarray:
+        """`total` bytes of payload pattern, in phase with the file offset they will land at
+        (so chunk boundaries do not show in the file)."""
         if total > len(self.buf):
-            self.buf = np.empty(int(total * 1.25), dtype=np.uint8)
+            self.buf = np.empty(int(total * 1.1), dtype=np.uint8)
         buf = self.buf[:total]
         step = len(_PATTERN)
+        pattern = np.roll(_PATTERN, -(file_offset % step))
         whole = total // step
-        buf[: whole * step].reshape(whole, step)[:] = _PATTERN
-        buf[whole * step :] = _PATTERN[: total - whole * step]
+        buf[: whole * step].reshape(whole, step)[:] = pattern
+        buf[whole * step :] = pattern[: total - whole * step]
         return buf
 
 
@@ -590,7 +617,8 @@ def file_header(fmt: str, ts_ns: bool, snaplen: int) -> bytes:
         return struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snap, LINKTYPE_ETHERNET)
     shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
     options = (
-        struct.pack("<HH", 2, 6) + b"bench0\0\0"  # if_name
+        struct.pack("<HH", 2, 6)
+        + b"bench0\0\0"  # if_name
         + struct.pack("<HHB3x", 9, 1, 9 if ts_ns else 6)  # if_tsresol
         + struct.pack("<HH", 0, 0)
     )
@@ -601,7 +629,13 @@ def file_header(fmt: str, ts_ns: bool, snaplen: int) -> bytes:
 
 
 def render(
-    pk: np.ndarray, seed: int, fmt: str, ts_ns: bool, snaplen: int, scratch: _Scratch | None = None
+    pk: np.ndarray,
+    seed: int,
+    fmt: str,
+    ts_ns: bool,
+    snaplen: int,
+    scratch: _Scratch | None = None,
+    file_offset: int = 0,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Capture records (record header + frame) for the rows of `pk`, in order, and the flows'
     identity arrays. The buffer belongs to `scratch` and is overwritten by the next call."""
@@ -623,7 +657,7 @@ def render(
         rec_hdr = 28
         rec_len = rec_hdr + ((caplen + 3) & ~3) + 4
     rec_off = np.cumsum(rec_len) - rec_len
-    buf = (scratch or _Scratch()).filled(int(rec_len.sum()))
+    buf = (scratch or _Scratch()).filled(int(rec_len.sum()), file_offset)
 
     # -- record header
     abs_ns = EPOCH_NS + pk["t"]
@@ -680,8 +714,17 @@ def render(
         dst = np.where(c2s[r4], server_v4[r4], client_v4[r4])
         ip_id = pk["ip_id"][r4].astype(np.int64)
         ttl_proto = (ttl[r4] << 8) | 6
-        words = (0x4500 + total_len + ip_id + 0x4000 + ttl_proto
-                 + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
+        words = (
+            0x4500
+            + total_len
+            + ip_id
+            + 0x4000
+            + ttl_proto
+            + (src >> 16)
+            + (src & 0xFFFF)
+            + (dst >> 16)
+            + (dst & 0xFFFF)
+        )
         words = (words & 0xFFFF) + (words >> 16)
         words = (words & 0xFFFF) + (words >> 16)
         at = ip[r4]
@@ -742,6 +785,7 @@ def render(
 
 
 # ---------------------------------------------------------------- the streaming pipeline
+
 
 def make_shape(packets: int, flows: int, seed: int, avg_payload: float, pps: float) -> Shape:
     response_segments, per_flow = calibrate(seed, avg_payload)
@@ -808,7 +852,8 @@ def generate(
 ) -> tuple[Summary, Shape]:
     started = time.perf_counter()
     shape = make_shape(packets, flows, seed, avg_payload, pps)
-    block_flows = max(1_000, int(chunk / shape.packets_per_flow))
+    # blocks are part of the content (one generator seed per block), chunks are not
+    block_flows = max(1_000, int(BLOCK_PACKETS / shape.packets_per_flow))
     summary = Summary()
     seen = _FlowsSeen()
     planned_first, planned_last = [], []  # each planned flow's first and last packet time
@@ -850,7 +895,7 @@ def generate(
                 slot = chunk_no % 2
                 if writes[slot] is not None:
                     writes[slot].result()  # its buffer is free again
-                buf, ident = render(rows, seed, fmt, ts_ns, snaplen, scratches[slot])
+                buf, ident = render(rows, seed, fmt, ts_ns, snaplen, scratches[slot], summary.bytes)
                 writes[slot] = writer.submit(f.write, buf.data)
                 chunk_no += 1
                 summary.bytes += len(buf)
@@ -860,8 +905,12 @@ def generate(
                 seen.add(out_rows["flow"])
             block += 1
             if progress:
-                print(f"\r{summary.packets:,} packets, {summary.bytes / 1e6:,.0f} MB",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r{summary.packets:,} packets, {summary.bytes / 1e6:,.0f} MB",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for pending_write in writes:
             if pending_write is not None:
                 pending_write.result()
@@ -898,8 +947,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flows", type=int, default=20_000, help="concurrent flows (target)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--format", choices=("pcap", "pcapng"), default="pcap")
-    parser.add_argument("--avg-payload", type=float, default=760.0,
-                        help="mean TCP payload bytes per packet (default: ~850 B per record)")
+    parser.add_argument(
+        "--avg-payload",
+        type=float,
+        default=760.0,
+        help="mean TCP payload bytes per packet (default: ~850 B per record)",
+    )
     parser.add_argument("--pps", type=float, default=100_000.0, help="packets per capture second")
     parser.add_argument("--snaplen", type=int, default=0, help="truncate frames (0: keep whole)")
     parser.add_argument("--ns", action="store_true", help="nanosecond timestamps")
@@ -909,13 +962,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.snaplen and args.snaplen < 128:
         parser.error("--snaplen must be 0 or >= 128 (headers are always written whole)")
     summary, shape = generate(
-        args.out, args.packets, args.flows, args.seed, args.format, args.avg_payload, args.pps,
-        args.snaplen, args.ns, args.chunk, progress=not args.quiet,
+        args.out,
+        args.packets,
+        args.flows,
+        args.seed,
+        args.format,
+        args.avg_payload,
+        args.pps,
+        args.snaplen,
+        args.ns,
+        args.chunk,
+        progress=not args.quiet,
     )
     if shape.concurrency < args.flows:
-        print(f"note: {args.packets} packets hold {shape.concurrency} concurrent flows at most; "
-              f"--flows lowered from {args.flows}", file=sys.stderr)
-    report = {"file": str(args.out), **vars(summary), "shape": vars(shape)}
+        print(
+            f"note: {args.packets} packets hold {shape.concurrency} concurrent flows at most; "
+            f"--flows lowered from {args.flows}",
+            file=sys.stderr,
+        )
+    report = {
+        "file": str(args.out),
+        "generator_version": GENERATOR_VERSION,
+        **vars(summary),
+        "shape": vars(shape),
+    }
     print(json.dumps(report))
     return 0
 

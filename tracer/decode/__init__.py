@@ -76,6 +76,8 @@ def _decode_chunk(frames: FrameBatch, dest: np.ndarray, at: int):
 
     def columns(rows: np.ndarray) -> np.ndarray:
         out = dest[at : at + rows.shape[0]]
+        if rows.shape[0] == len(frames):
+            rows = slice(None)  # every frame is a TCP row: copy columns instead of gathering
         out["frame"] = frames.frame[rows]
         out["ts_ns"] = frames.ts_ns[rows]
         out["iface"] = frames.iface[rows]

@@ -8,10 +8,13 @@ Rules:
 - tshark runs with `TSHARK_PREFS` (the same preferences as the test oracle, tests/oracle.py):
   no IP reassembly, no TCP desegmentation or sequence analysis, absolute sequence numbers, so
   every frame is dissected on its own and SACK edges are raw.
-- A row needs the whole TCP header (flags and urgent pointer dissected, data offset >= 5, all
-  option bytes captured); other frames with TCP are counted in `anomalies`. The field rules
-  for awkward cases (IP-in-IP, QinQ, repeated options, fragments) are the oracle's; see its
-  module comment.
+- A row needs the fixed TCP header (flags and urgent pointer dissected, data offset >= 5, the
+  IP payload long enough to hold the header); other frames with TCP are counted in
+  `anomalies`. Options cut by the snaplen keep their row, with the options tshark could show,
+  and count `truncated_tcp_options` (as the native decoder does; the oracle gives no row).
+  Counts use decode's vocabulary (tracer.decode.vocab) so both engines report alike. The
+  field rules for awkward cases (IP-in-IP, QinQ, repeated options, fragments) are the
+  oracle's; see its module comment.
 - Errors the user can cause become typed, one-line errors: `ToolMissingError` (no tshark, no
   pyshark), `CaptureOpenError` (missing, a directory, unreadable), `EngineError` (tshark
   refused or failed on the file). A capture cut short in the middle of a record is not an
@@ -63,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from tracer.decode import vocab
 from tracer.errors import CaptureOpenError, EngineError, ToolMissingError
 from tracer.packet import (
     MAX_SACK_BLOCKS,
@@ -145,22 +149,52 @@ def _occurrence_fields(layer_fields: Any, index: int) -> dict:
     return layer_fields
 
 
-def _coarse_protocol(protocols: list[str]) -> str:
-    """A short name for a frame that gets no TCP row: "ipv4/udp", "ipv6/icmpv6", "arp"."""
+def _other_frame(protocols: list[str], layers: dict[str, Any]) -> tuple[str, str]:
+    """("non_tcp" | "anomaly", name) for a frame without a TCP row, in decode's vocabulary.
+
+    IP frames are named by the outermost IP header, as the native decoder does: its protocol
+    number ("ipv4/udp", "ipv4/proto-4"), a non-first fragment, or the length fault that made
+    tshark stop. Other frames: "llc", or Wireshark's name for what the ethertype carried
+    ("arp", "lldp", "eapol"...), since the ethertype itself is not printed (see `PRINTED_LAYERS`).
+    """
     for i, name in enumerate(protocols):
+        if name == "ip" and "ip" in layers:
+            ip = _occurrence_fields(layers["ip"], 0)
+            hdr_len, total_len = _num(ip.get("ip_ip_hdr_len", 20)), _num(ip.get("ip_ip_len", 0))
+            if hdr_len < 20:
+                return "anomaly", "bad_ip_header_length"
+            if 0 < total_len < hdr_len:
+                return "anomaly", "bad_ip_total_length"
+            if _num(ip.get("ip_ip_frag_offset", 0)):
+                return "non_tcp", "ipv4/fragment"
+            code = vocab.NONTCP_IPV4_PROTO << 16 | _num(ip["ip_ip_proto"])
+            return "non_tcp", vocab.nontcp_name(code)
+        if name == "ipv6" and "ipv6" in layers:
+            ipv6 = _occurrence_fields(layers["ipv6"], 0)
+            next_header = _num(ipv6["ipv6_ipv6_nxt"])
+            for key, value in ipv6.items():  # extension headers are nested dicts, in order
+                if isinstance(value, dict):
+                    for inner_key, inner in value.items():
+                        if inner_key.endswith("_nxt"):
+                            next_header = _num(inner)
+                        elif inner_key.endswith("fraghdr_offset") and _num(inner):
+                            return "non_tcp", "ipv6/fragment"
+            code = vocab.NONTCP_IPV6_PROTO << 16 | next_header
+            return "non_tcp", vocab.nontcp_name(code)
         if name in ("ip", "ipv6"):
-            rest = [p for p in protocols[i + 1:] if not p.startswith("ipv6.")]
-            inner = rest[0] if rest else "none"
-            return f"{'ipv4' if name == 'ip' else 'ipv6'}/{'ipv4' if inner == 'ip' else inner}"
+            break
     for name in protocols:
+        if name == "llc":
+            return "non_tcp", "llc"
         if name not in _LINK_LAYERS:
-            return name
-    return protocols[-1] if protocols else "unknown"
+            return "non_tcp", name
+    return "non_tcp", protocols[-1] if protocols else "unknown"
 
 
-def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
-             linktype: int) -> tuple | str:
-    """One PACKET_DTYPE tuple, or the anomaly reason why the frame gets no row."""
+def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str], linktype: int,
+             anomalies: dict[str, int]) -> tuple | str:
+    """One PACKET_DTYPE tuple (with kept-row anomalies added to `anomalies`), or the anomaly
+    reason why the frame gets no row. Anomaly names are decode's (tracer.decode.vocab)."""
     tcp_at = protocols.index("tcp")
     tcp = layers.get("tcp")
     if tcp is None:
@@ -168,12 +202,10 @@ def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
     tcp = _occurrence_fields(tcp, 0)
     hdr_len = tcp.get("tcp_tcp_hdr_len")
     if hdr_len is not None and _num(hdr_len) < 20:
-        return "tcp_bad_header_len"
+        return "bad_tcp_header_length"
     if hdr_len is None or "tcp_tcp_flags" not in tcp or "tcp_tcp_urgent_pointer" not in tcp:
-        return "tcp_header_truncated"
+        return "truncated_tcp_header"
     hdr_len = _num(hdr_len)
-    if _bytes_len(tcp.get("tcp_tcp_options")) != hdr_len - 20:
-        return "tcp_header_truncated"
     carriers = [i for i, name in enumerate(protocols[:tcp_at]) if name in ("ip", "ipv6")]
     if not carriers:
         return "tcp_without_ip"
@@ -184,10 +216,25 @@ def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
         version, ttl = 4, _num(ip["ip_ip_ttl"])
         src, dst = ip["ip_ip_src"], ip["ip_ip_dst"]
         ip_id, df = _num(ip["ip_ip_id"]), bool(_num(ip.get("ip_ip_flags_df", 0)))
+        fragment = bool(_num(ip.get("ip_ip_flags_mf", 0))) or _num(ip["ip_ip_frag_offset"]) != 0
+        if _num(ip["ip_ip_len"]) == 0:
+            anomalies["ip_total_length_zero"] = anomalies.get("ip_total_length_zero", 0) + 1
     else:
         version, ttl = 6, _num(ip["ipv6_ipv6_hlim"])
         src, dst = ip["ipv6_ipv6_src"], ip["ipv6_ipv6_dst"]
         ip_id, df = 0, False
+        fragment = "ipv6.fraghdr" in protocols[carrier:tcp_at]
+    if "tcp_tcp_len" in tcp:
+        payload_len = _num(tcp["tcp_tcp_len"])
+    elif not fragment:  # tshark's "Short segment": the IP payload cannot hold the header
+        return "bad_tcp_header_length"
+    elif ip_name == "ip":  # tshark leaves tcp.len out of fragments
+        payload_len = max(_num(ip["ip_ip_len"]) - _num(ip["ip_ip_hdr_len"]) - hdr_len, 0)
+    else:
+        payload_len = _bytes_len(tcp.get("tcp_tcp_payload"))
+    if _bytes_len(tcp.get("tcp_tcp_options")) != hdr_len - 20:
+        # Kept, like the native decoder does: the options tshark could show are there.
+        anomalies["truncated_tcp_options"] = anomalies.get("truncated_tcp_options", 0) + 1
     src_hi, src_lo = _address(src)
     dst_hi, dst_lo = _address(dst)
 
@@ -198,13 +245,6 @@ def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
             if tag is not None:
                 vlan = _num(_occurrence_fields(tag, 0)[f"{name}_{name}_id"])
             break
-
-    if "tcp_tcp_len" in tcp:
-        payload_len = _num(tcp["tcp_tcp_len"])
-    elif ip_name == "ip":  # a fragment: tshark leaves tcp.len out
-        payload_len = max(_num(ip["ip_ip_len"]) - _num(ip["ip_ip_hdr_len"]) - hdr_len, 0)
-    else:
-        payload_len = _bytes_len(tcp.get("tcp_tcp_payload"))
 
     present = mss = wscale = tsval = tsecr = sack_count = 0
     sack_left = [0] * MAX_SACK_BLOCKS
@@ -227,10 +267,10 @@ def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str],
             sack_left[i] = _num(lefts[i])
             sack_right[i] = _num(rights[i])
         present |= OPT_SACK
-    if "tcp_tcp_options_timestamp_tsval" in tcp:
+    if "tcp_tcp_options_timestamp_tsval" in tcp and "tcp_tcp_options_timestamp_tsecr" in tcp:
         present |= OPT_TIMESTAMP
         tsval = _num(tcp["tcp_tcp_options_timestamp_tsval"])
-        tsecr = _num(tcp.get("tcp_tcp_options_timestamp_tsecr", 0))
+        tsecr = _num(tcp["tcp_tcp_options_timestamp_tsecr"])
 
     return (
         _num(frame["frame_frame_number"]),
@@ -264,25 +304,35 @@ class _Batch:
         frame = packet.frame_info._fields_dict
         counts = self.counts
         counts.frames += 1
-        encap = _num(frame.get("frame_frame_encap_type", 0))
-        linktype = encap_to_linktype.get(encap, LINKTYPE_UNKNOWN)
+        if "frame_frame_encap_type" in frame:
+            linktype = encap_to_linktype.get(_num(frame["frame_frame_encap_type"]),
+                                             LINKTYPE_UNKNOWN)
+        else:  # a pcapng record that holds no packet (custom block, journal entry...)
+            linktype = vocab.LINKTYPE_PCAPNG_RECORD
         counts.linktypes[linktype] = counts.linktypes.get(linktype, 0) + 1
-        protocols = frame.get("frame_frame_protocols", "").split(":")
-        if "tcp" not in protocols or _inside_icmp(protocols):
-            name = _coarse_protocol(protocols)
-            counts.non_tcp[name] = counts.non_tcp.get(name, 0) + 1
+        if linktype == vocab.LINKTYPE_PCAPNG_RECORD:
+            counts.non_tcp["pcapng-record"] = counts.non_tcp.get("pcapng-record", 0) + 1
             return
+        protocols = frame.get("frame_frame_protocols", "").split(":")
         layers: dict[str, Any] = {}
         for layer in packet.layers:
             layers.setdefault(layer.layer_name, layer._fields_dict)
-        try:
-            row = _tcp_row(frame, layers, protocols, linktype)
-        except (KeyError, ValueError, IndexError, TypeError):
-            row = "tcp_fields_missing"
-        if isinstance(row, str):
-            counts.anomalies[row] = counts.anomalies.get(row, 0) + 1
+        if "tcp" in protocols and not _inside_icmp(protocols):
+            try:
+                row = _tcp_row(frame, layers, protocols, linktype, counts.anomalies)
+            except (KeyError, ValueError, IndexError, TypeError):
+                row = "tcp_fields_missing"
+            if not isinstance(row, str):
+                self.rows.append(row)
+                return
+            kind, name = "anomaly", row
         else:
-            self.rows.append(row)
+            try:
+                kind, name = _other_frame(protocols, layers)
+            except (KeyError, ValueError, IndexError, TypeError):
+                kind, name = "non_tcp", "unknown"
+        table = counts.anomalies if kind == "anomaly" else counts.non_tcp
+        table[name] = table.get(name, 0) + 1
 
     def take(self) -> tuple[np.ndarray, DecodeCounts]:
         packets = np.array(self.rows, dtype=PACKET_DTYPE) if self.rows else np.zeros(
