@@ -10,9 +10,11 @@ Rules:
   sequence analysis (each frame stands alone, whatever came before), and absolute sequence
   numbers (so SACK edges come out raw, like tcp.seq_raw).
 - A row needs the whole TCP header: tshark showed `tcp.flags` and `tcp.urgent_pointer`,
-  `tcp.hdr_len` >= 20, and all `tcp.hdr_len - 20` option bytes were captured (`tcp.options`
-  holds the captured option bytes only). Frames with a TCP layer that fail this are listed in
-  `OracleResult.rejected` with the reason, and get no row.
+  `tcp.hdr_len` >= 20, the IP payload holds the header (else tshark leaves `tcp.len` out of a
+  non-fragment: "Short segment"), and all `tcp.hdr_len - 20` option bytes were captured
+  (`tcp.options` holds the captured option bytes only). Frames with a TCP layer that fail this
+  are listed in `OracleResult.rejected` with the reason (only the snaplen-cut options reason
+  mentions "option"), and get no row.
 
 Awkward fields, and the rule taken for each:
 - IP version and addresses come from the IP header that carries the TCP segment, i.e. the
@@ -24,12 +26,13 @@ Awkward fields, and the rule taken for each:
   (tshark dissects an 802.1ad S-tag as `ieee8021ad`, with its id in `ieee8021ad.id`).
 - Several occurrences of one TCP option (two MSS options): the first one wins. SACK blocks
   are taken in order, at most `MAX_SACK_BLOCKS`.
-- `tcp.flags` is tshark's 12-bit field; the 3 reserved bits are dropped (dtype keeps 9 bits).
+- `tcp.flags` is tshark's 12-bit field, kept whole (9 flags and the 3 reserved bits), as in PACKET_DTYPE.
 - `payload_len` is `tcp.len`, which tshark computes from the IP length fields (so it is right
   under a snaplen). tshark omits `tcp.len` on IP fragments; there it is
   `ip.len - ip.hdr_len - tcp.hdr_len` for IPv4 and the captured `tcp.payload` length for IPv6
   (tshark does not show the extension-header length needed to do better).
-- `ts_ns` is parsed from the decimal text of `frame.time_epoch`, never through a float.
+- `ts_ns` is parsed from the decimal text of `frame.time_epoch`, never through a float; records
+  without a timestamp (pcapng Simple Packet Blocks: tshark shows no frame.time_epoch) get 0.
 - `iface` is `frame.interface_id` (absent for classic pcap: 0).
 - `linktype`: tshark only shows `frame.encap_type`, Wireshark's internal WTAP_ENCAP number,
   which is not the pcap LINKTYPE and may change between Wireshark versions. We learn the
@@ -113,6 +116,8 @@ _FIELDS: tuple[str, ...] = (
     "ip.ttl",
     "ip.id",
     "ip.flags.df",
+    "ip.flags.mf",
+    "ip.frag_offset",
     "ip.len",
     "ip.hdr_len",
     "ipv6.src",
@@ -221,21 +226,32 @@ def _row_from_fields(cols: list[str], encap_map: dict[int, int], row: np.ndarray
     c = _COLUMN
     protocols = cols[c["frame.protocols"]].split(":")
     tcp_at = protocols.index("tcp")
-    hdr_len = _first_int(cols[c["tcp.hdr_len"]], -1)
+    if not cols[c["tcp.hdr_len"]]:
+        return "tcp header cut by the capture length"
+    hdr_len = _first_int(cols[c["tcp.hdr_len"]])
     if hdr_len < 20:
         return f"tcp header length {hdr_len} < 20"
     if not cols[c["tcp.flags"]] or not cols[c["tcp.urgent_pointer"]]:
         return "tcp header not fully dissected"
-    if _hex_len(cols[c["tcp.options"]]) != hdr_len - 20:
-        return "tcp options cut by the capture length"
     carriers = [i for i, name in enumerate(protocols[:tcp_at]) if name in ("ip", "ipv6")]
     if not carriers:
         return "tcp without an ip/ipv6 layer"
     carrier = carriers[-1]
     occurrence = protocols[:carrier].count(protocols[carrier])
+    if protocols[carrier] == "ip":
+        fragment = (_occurrence(cols[c["ip.flags.mf"]], occurrence) in ("1", "True")
+                    or _int(_occurrence(cols[c["ip.frag_offset"]], occurrence)) != 0)
+    else:
+        fragment = "ipv6.fraghdr" in protocols[carrier:tcp_at]
+    if not cols[c["tcp.len"]] and not fragment:
+        # tshark: "Short segment. Segment/fragment does not contain a full TCP header".
+        return "tcp header longer than the ip payload"
+    if _hex_len(cols[c["tcp.options"]]) != hdr_len - 20:
+        return "tcp options cut by the capture length"
 
     row["frame"] = int(cols[c["frame.number"]])
-    row["ts_ns"] = parse_epoch_ns(cols[c["frame.time_epoch"]])
+    if cols[c["frame.time_epoch"]]:  # records without a timestamp (pcapng SPB) keep 0
+        row["ts_ns"] = parse_epoch_ns(cols[c["frame.time_epoch"]])
     row["iface"] = _first_int(cols[c["frame.interface_id"]])
     row["linktype"] = encap_map.get(_first_int(cols[c["frame.encap_type"]]), LINKTYPE_UNKNOWN)
     row["caplen"] = int(cols[c["frame.cap_len"]])
@@ -264,7 +280,7 @@ def _row_from_fields(cols: list[str], encap_map: dict[int, int], row: np.ndarray
     row["dport"] = _first_int(cols[c["tcp.dstport"]])
     row["seq"] = _first_int(cols[c["tcp.seq_raw"]])
     row["ack"] = _first_int(cols[c["tcp.ack_raw"]])
-    row["flags"] = _first_int(cols[c["tcp.flags"]]) & 0x1FF
+    row["flags"] = _first_int(cols[c["tcp.flags"]])  # all 12 bits, reserved included
     row["window"] = _first_int(cols[c["tcp.window_size_value"]])
     row["tcp_hdr_len"] = hdr_len
     row["urgent"] = _first_int(cols[c["tcp.urgent_pointer"]])

@@ -45,13 +45,14 @@ def run(coro):
         return runner.run(coro)
 
 
-async def _pump(items: Iterator, queue: asyncio.Queue, stop: threading.Event) -> None:
-    """Move items from a blocking iterator (in a worker thread) into an asyncio queue."""
+async def _pump(make_items: Callable[[], Iterator], queue: asyncio.Queue,
+                stop: threading.Event) -> None:
+    """Move items from a blocking iterator (made and run in a worker thread) into a queue."""
     loop = asyncio.get_running_loop()
 
     def produce() -> None:
         try:
-            for item in items:
+            for item in make_items():
                 if stop.is_set():
                     break
                 asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
@@ -64,10 +65,10 @@ async def _pump(items: Iterator, queue: asyncio.Queue, stop: threading.Event) ->
         await loop.run_in_executor(pool, produce)
 
 
-async def _consume(items: Iterator, handle: Callable[[object], None]) -> None:
+async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object], None]) -> None:
     queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_BATCHES)
     stop = threading.Event()
-    producer = asyncio.create_task(_pump(items, queue, stop))
+    producer = asyncio.create_task(_pump(make_items, queue, stop))
     try:
         while True:
             item = await queue.get()
@@ -97,7 +98,7 @@ async def analyze_native(path: str, *, packet_filter: Mask | None = None,
             if progress is not None:
                 progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
 
-        await _consume(reader.batches(), handle)
+        await _consume(reader.batches, handle)
         return analysis.summary(
             capture_format=reader.format,
             compressed=reader.compressed,
@@ -128,7 +129,7 @@ async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
             if progress is not None:
                 progress(0, None, analysis.counts.frames)
 
-        await _consume(read_packets_pyshark(spooled or path), handle)
+        await _consume(lambda: read_packets_pyshark(spooled or path), handle)
         return analysis.summary(filter_expr=filter_expr)
     finally:
         if spooled:

@@ -157,7 +157,7 @@ def _other_frame(protocols: list[str], layers: dict[str, Any]) -> tuple[str, str
     tshark stop. Other frames: "llc", or Wireshark's name for what the ethertype carried
     ("arp", "lldp", "eapol"...), since the ethertype itself is not printed (see `PRINTED_LAYERS`).
     """
-    for i, name in enumerate(protocols):
+    for name in protocols:
         if name == "ip" and "ip" in layers:
             ip = _occurrence_fields(layers["ip"], 0)
             hdr_len, total_len = _num(ip.get("ip_ip_hdr_len", 20)), _num(ip.get("ip_ip_len", 0))
@@ -172,7 +172,7 @@ def _other_frame(protocols: list[str], layers: dict[str, Any]) -> tuple[str, str
         if name == "ipv6" and "ipv6" in layers:
             ipv6 = _occurrence_fields(layers["ipv6"], 0)
             next_header = _num(ipv6["ipv6_ipv6_nxt"])
-            for key, value in ipv6.items():  # extension headers are nested dicts, in order
+            for value in ipv6.values():  # extension headers are nested dicts, in order
                 if isinstance(value, dict):
                     for inner_key, inner in value.items():
                         if inner_key.endswith("_nxt"):
@@ -284,7 +284,7 @@ def _tcp_row(frame: dict, layers: dict[str, Any], protocols: list[str], linktype
         _num(tcp["tcp_tcp_dstport"]),
         _num(tcp["tcp_tcp_seq_raw"]),
         _num(tcp["tcp_tcp_ack_raw"]),
-        _num(tcp["tcp_tcp_flags"]) & 0x1FF,
+        _num(tcp["tcp_tcp_flags"]),  # all 12 bits, reserved included
         _num(tcp["tcp_tcp_window_size_value"]),
         hdr_len,
         payload_len,
