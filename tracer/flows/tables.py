@@ -1,0 +1,164 @@
+"""Declared layouts of the flow stage: the active-flow state and the tables it emits.
+
+Rules:
+- Per-direction fields are pairs indexed by direction: 0 = from the initiator, 1 = from the
+  responder (tracer.flows.vocab.FROM_INITIATOR / FROM_RESPONDER).
+- Sequence and acknowledgment numbers are *unwrapped*: 64-bit, relative to the direction's base
+  (its SYN, else its first segment), so comparisons never wrap at 2**32.
+- Times are int64 nanoseconds since the Unix epoch; NO_TIME (-1) means "never". Unwrapped
+  sequence values use NO_SEQ for "none seen".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NO_TIME = -1
+NO_SEQ = -(2**62)
+NO_FRAME = 0
+
+# State of one active flow, kept between batches (one row per slot of the flow table).
+STATE_DTYPE = np.dtype(
+    [
+        ("flow_id", np.int64),
+        ("a_hi", np.uint64), ("a_lo", np.uint64), ("a_port", np.uint16),  # canonical endpoint a
+        ("b_hi", np.uint64), ("b_lo", np.uint64), ("b_port", np.uint16),  # canonical endpoint b
+        ("init_is_a", np.bool_),  # the initiator is endpoint a
+        ("midstream", np.bool_),  # the capture started after the handshake
+        ("reused", np.bool_),  # started by a SYN on a 4-tuple with an earlier flow
+        ("ref_seq", np.uint32, (2,)),  # per endpoint a/b: seq of its last SYN, else its first
+        ("ref_valid", np.bool_, (2,)),
+        ("first_ts", np.int64), ("last_ts", np.int64),
+        ("first_frame", np.int64), ("last_frame", np.int64),
+        ("syn_ts", np.int64), ("synack_ts", np.int64), ("hs_ack_ts", np.int64),
+        ("synack_seq", np.uint32), ("synack_valid", np.bool_),
+        ("base", np.uint32, (2,)), ("base_valid", np.bool_, (2,)),
+        ("seq_last_rel", np.uint32, (2,)), ("seq_last", np.int64, (2,)),
+        ("ack_last_rel", np.uint32, (2,)), ("ack_last", np.int64, (2,)),
+        ("next_seq", np.int64, (2,)),  # highest sequence end sent (NO_SEQ: none)
+        ("max_ack", np.int64, (2,)),  # highest ACK sent (NO_SEQ: none)
+        ("last_ack_raw", np.uint32, (2,)), ("acked_once", np.bool_, (2,)),
+        ("last_window", np.int64, (2,)),  # raw window field of the last segment (-1: none)
+        ("wscale", np.int8, (2,)),  # window scale shift from the SYN (-1: not seen)
+        ("dupacks", np.int64, (2,)),  # current run of duplicate ACKs
+        ("last_ack_ts", np.int64, (2,)),
+        ("last_seg_ts", np.int64, (2,)),  # last segment carrying data, SYN or FIN
+        ("dir_first_ts", np.int64, (2,)), ("dir_last_ts", np.int64, (2,)),
+        ("last_data_frame", np.int64, (2,)),
+        ("packets", np.int64, (2,)), ("payload_bytes", np.int64, (2,)),
+        ("retransmissions", np.int64, (2,)), ("fast_retransmissions", np.int64, (2,)),
+        ("spurious_retransmissions", np.int64, (2,)), ("out_of_order", np.int64, (2,)),
+        ("lost_segments", np.int64, (2,)), ("ack_lost_segments", np.int64, (2,)),
+        ("duplicate_acks", np.int64, (2,)), ("zero_windows", np.int64, (2,)),
+        ("duplicates", np.int64, (2,)), ("keep_alives", np.int64, (2,)),
+        ("fin_ts", np.int64, (2,)), ("fin_frame", np.int64, (2,)),
+        ("rst_count", np.int64, (2,)), ("first_rst_ts", np.int64, (2,)),
+        ("ttl_last", np.int16, (2,)),  # TTL/hop limit of the last non-RST packet (-1: none)
+        ("ipid_last", np.int32, (2,)),  # IPv4 ID of the last non-RST packet (-1: none)
+        ("min_seq", np.int64, (2,)),  # lowest sequence sent (for bytes implied by seq numbers)
+    ]
+)
+
+# One row per flow, emitted when a flow is finished (closed and quiet, idle, replaced by port
+# reuse, or at the end of the capture).
+FLOW_DTYPE = np.dtype(
+    [
+        ("flow_id", np.int64),
+        ("initiator_hi", np.uint64), ("initiator_lo", np.uint64), ("initiator_port", np.uint16),
+        ("responder_hi", np.uint64), ("responder_lo", np.uint64), ("responder_port", np.uint16),
+        ("state", np.uint8),  # vocab.FLOW_STATE_NAMES
+        ("midstream", np.bool_), ("reused", np.bool_),
+        ("first_ts", np.int64), ("last_ts", np.int64),
+        ("first_frame", np.int64), ("last_frame", np.int64),
+        ("syn_ts", np.int64), ("synack_ts", np.int64), ("hs_ack_ts", np.int64),
+        ("packets", np.int64, (2,)), ("payload_bytes", np.int64, (2,)),
+        ("seq_bytes", np.int64, (2,)),  # bytes implied by sequence numbers (data seen + missed)
+        ("retransmissions", np.int64, (2,)), ("fast_retransmissions", np.int64, (2,)),
+        ("spurious_retransmissions", np.int64, (2,)), ("out_of_order", np.int64, (2,)),
+        ("lost_segments", np.int64, (2,)), ("ack_lost_segments", np.int64, (2,)),
+        ("duplicate_acks", np.int64, (2,)), ("zero_windows", np.int64, (2,)),
+        ("duplicates", np.int64, (2,)), ("keep_alives", np.int64, (2,)),
+        ("wscale", np.int8, (2,)),
+        ("fin_ts", np.int64, (2,)), ("rst_count", np.int64, (2,)),
+        ("first_rst_ts", np.int64, (2,)),
+    ]
+)
+
+# One row per TCP segment (kept only when asked: it grows with the capture).
+SEGMENT_DTYPE = np.dtype(
+    [
+        ("frame", np.int64),
+        ("flow_id", np.int64),
+        ("direction", np.uint8),
+        ("flags", np.uint16),  # vocab.A_* bits
+        ("seq", np.int64),  # unwrapped, relative to the direction's base
+        ("next_seq", np.int64),  # seq + payload (+1 for SYN/FIN)
+        ("ack", np.int64),  # unwrapped, relative to the other direction's base (NO_SEQ: no ACK)
+        ("window", np.int64),  # scaled window (-1: scale unknown, raw shown in `window_raw`)
+        ("window_raw", np.uint16),
+        ("ack_rtt_ns", np.int64),  # data RTT sample this ACK produced (-1: none)
+        ("dupack_count", np.int64),  # position in a run of duplicate ACKs (0: not a dup ACK)
+    ]
+)
+
+# One row per RST packet.
+RST_DTYPE = np.dtype(
+    [
+        ("frame", np.int64),
+        ("ts_ns", np.int64),
+        ("flow_id", np.int64),
+        ("src_hi", np.uint64), ("src_lo", np.uint64), ("sport", np.uint16),
+        ("dst_hi", np.uint64), ("dst_lo", np.uint64), ("dport", np.uint16),
+        ("sender_side", np.uint8),  # vocab.SIDE_NAMES
+        ("with_ack", np.bool_),  # RST+ACK rather than a bare RST
+        ("seq_class", np.uint8),  # vocab.SEQ_CLASS_NAMES
+        ("seq_offset", np.int64),  # RST seq - receiver's expected next seq (0 if no state)
+        ("phase", np.uint8),  # vocab.PHASE_NAMES
+        ("ttl", np.uint8),
+        ("ttl_delta", np.int16),  # TTL - sender's previous TTL in this flow (0 if none)
+        ("ttl_known", np.bool_),
+        ("ip_id_delta", np.int32),  # IPv4 ID - sender's previous ID, mod 2**16 as signed
+        ("ip_id_known", np.bool_),
+        ("continued", np.bool_),  # the sender sent more (non-RST) packets afterwards
+        ("idle_sender_ns", np.int64),  # since the sender's previous packet (-1: none)
+        ("idle_receiver_ns", np.int64),  # since the other side's last packet (-1: none)
+        ("age_ns", np.int64),  # since the flow's first packet
+        ("outstanding", np.int64, (2,)),  # unacknowledged bytes from initiator / responder
+        ("rst_index", np.int32),  # 1 for the flow's first RST, 2 for the second ...
+        ("payload_len", np.uint32),
+    ]
+)
+
+# One row per RTT sample.
+RTT_KIND_HANDSHAKE_RESPONDER = 0  # SYN -> SYN/ACK: capture point to responder and back
+RTT_KIND_HANDSHAKE_INITIATOR = 1  # SYN/ACK -> ACK: capture point to initiator and back
+RTT_KIND_DATA = 2  # data segment -> the ACK that covers it (Karn: never retransmitted data)
+RTT_KIND_TIMESTAMP = 3  # TSval -> first echo of it in TSecr (RFC 7323)
+RTT_KIND_NAMES = ("handshake_responder", "handshake_initiator", "data", "timestamp")
+
+RTT_DTYPE = np.dtype(
+    [
+        ("ts_ns", np.int64),  # when the sample completed (the ACK / echo)
+        ("flow_id", np.int64),
+        ("kind", np.uint8),
+        ("side", np.uint8),  # whose side of the capture point it measures (0 initiator, 1 responder)
+        ("rtt_ns", np.int64),
+        ("frame", np.int64),  # the frame that completed it
+    ]
+)
+
+
+def blank_state(n: int) -> np.ndarray:
+    state = np.zeros(n, STATE_DTYPE)
+    for name in ("first_ts", "last_ts", "syn_ts", "synack_ts", "hs_ack_ts", "last_ack_ts",
+                 "last_seg_ts", "dir_first_ts", "dir_last_ts", "fin_ts", "first_rst_ts"):
+        state[name] = NO_TIME
+    for name in ("next_seq", "max_ack"):
+        state[name] = NO_SEQ
+    state["min_seq"] = 2**62
+    state["last_window"] = -1
+    state["wscale"] = -1
+    state["ttl_last"] = -1
+    state["ipid_last"] = -1
+    state["flow_id"] = -1
+    return state

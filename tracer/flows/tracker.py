@@ -1,0 +1,1154 @@
+"""The flow stage (pure, stateful across batches): TCP flows, sequence analysis, RTT, RSTs.
+
+Theory of operation, per packet batch (capture order):
+
+1. **Identity.** Each segment's endpoints are put in canonical order (lower (address, port)
+   first) and hashed to 64 bits; a sorted array of active keys maps hashes to *slots* of the
+   flow table (`searchsorted`; new keys take free slots). A slot holds one flow at a time.
+2. **Port reuse.** A SYN without ACK whose sequence number differs from the sender's reference
+   (its last SYN, else its first segment) starts a new flow on the slot, as Wireshark's
+   tcp.analysis.reused_ports does; flow ids are numbered in order of first segment, like
+   tcp.stream. The initiator is the SYN sender (the receiver of a SYN/ACK when the SYN was
+   missed); for flows already open when the capture starts it is the side with the higher
+   (ephemeral) port, and the flow is flagged `midstream`.
+3. **Sequence space.** Segments are sorted by (flow, direction, frame); sequence and ACK
+   numbers are made relative to the direction's base and unwrapped with cumulative sums of
+   32-bit-wrapped deltas. Every rule of the form "the highest sequence seen before this
+   segment" is a segmented exclusive scan seeded with the state carried from earlier batches
+   (tracer.flows.segments). Rules that look at the *other* direction ("the last ACK the
+   receiver sent before this segment") run the same scans over the flow in frame order, one
+   direction masked at a time.
+4. **Classification** follows Wireshark's tcp_analyze_sequence_number (4.0), where it can be
+   stated on arrays: lost segment, keep-alive, zero window, window full, duplicate ACK, ACK of
+   unseen data, and the retransmission family (fast, out-of-order, spurious, plain). Capture
+   duplicates (the very same packet twice) are marked and kept out of every other count.
+5. **RTT.** Handshake RTT split at the capture point; data RTT from a segment to the first ACK
+   that acknowledges exactly its end (Karn: never from a retransmitted range); TCP timestamp
+   echo RTT. Samples are kept with their time for later percentiles.
+6. **RSTs.** Each RST is described at its own moment: sender side, sequence class against the
+   receiver's RCV.NXT and window (RFC 5961), phase, idle times, age, outstanding bytes, TTL and
+   IP ID against the sender's previous packet, and (filled in later) whether the sender went on.
+7. **Eviction.** Flows closed by RST or FINs are finished after `closed_timeout_s` of quiet,
+   other flows after `idle_timeout_s`; finished flows become rows of the flow table and their
+   slots are reused, so memory follows the active flows, not the capture's history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracer.flows import segments as sg
+from tracer.flows import vocab as v
+from tracer.flows.tables import (
+    FLOW_DTYPE,
+    NO_SEQ,
+    NO_TIME,
+    RST_DTYPE,
+    RTT_DTYPE,
+    RTT_KIND_DATA,
+    RTT_KIND_HANDSHAKE_INITIATOR,
+    RTT_KIND_HANDSHAKE_RESPONDER,
+    RTT_KIND_TIMESTAMP,
+    SEGMENT_DTYPE,
+    blank_state,
+)
+from tracer.packet import OPT_TIMESTAMP, OPT_WSCALE, TH_ACK, TH_FIN, TH_RST, TH_SYN
+
+MASK32 = np.int64(0xFFFFFFFF)
+FAST_RETRANSMISSION_WINDOW_NS = 20_000_000  # Wireshark: within 20 ms of the last dup ACK
+DEFAULT_OOO_THRESHOLD_NS = 3_000_000  # Wireshark: 3 ms when no initial RTT is known
+# The same packet seen twice within this is a capture duplicate (two interfaces, `any`): copies
+# carry the same timestamp to the microsecond, while a real resend waits for a timer or ACKs.
+DUPLICATE_WINDOW_NS = 100_000
+MAX_WSCALE = 14  # RFC 7323: larger shifts are treated as 14
+
+
+def _hash(*columns: np.ndarray) -> np.ndarray:
+    """64-bit mix of several integer columns (splitmix64 finalizer per step)."""
+    h = np.full(columns[0].shape, 0x9E3779B97F4A7C15, np.uint64)
+    for col in columns:
+        h ^= col.astype(np.uint64)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+def _wrap32(delta: np.ndarray) -> np.ndarray:
+    """A difference of 32-bit sequence numbers as a signed value in [-2**31, 2**31)."""
+    return ((delta + 2**31) & MASK32) - 2**31
+
+
+@dataclass
+class FlowCounts:
+    """Aggregates over all flows and segments, whatever the tables keep."""
+
+    flows: int = 0
+    midstream: int = 0
+    reused: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    segment_flags: dict[str, int] = field(default_factory=dict)
+    rsts: int = 0
+    duplicates: int = 0
+    data_segments: int = 0  # segments carrying payload (duplicates excluded)
+
+
+class FlowTracker:
+    """Feed packet batches with `add`, then call `finish` once.
+
+    Tables are appended to `self.flows`, `self.rsts`, `self.rtts` (and `self.segments` when
+    `keep_segments`); see tracer.flows.tables for their layouts.
+    """
+
+    def __init__(self, *, idle_timeout_s: float = 600.0, closed_timeout_s: float = 60.0,
+                 keep_segments: bool = False) -> None:
+        self.idle_timeout_ns = int(idle_timeout_s * 1e9)
+        self.closed_timeout_ns = int(closed_timeout_s * 1e9)
+        self.keep_segments = keep_segments
+        self.state = blank_state(1024)
+        self.in_use = np.zeros(1024, bool)
+        self.sorted_keys = np.empty(0, np.uint64)
+        self.sorted_slots = np.empty(0, np.int64)
+        self.next_flow_id = 0
+        self.counts = FlowCounts()
+        self._flows: list[np.ndarray] = []
+        self._rsts: list[np.ndarray] = []
+        self._rtts: list[np.ndarray] = []
+        self._segments: list[np.ndarray] = []
+        # Data segments not yet acknowledged, carried for data RTT across batches.
+        self._pending = np.zeros(0, _PENDING_DTYPE)
+        # TSvals not yet echoed, carried for timestamp RTT across batches.
+        self._tsvals = np.zeros(0, _TSVAL_DTYPE)
+        # RST events whose sender may still send: (flow_id, direction, index into RST rows).
+        self._rst_watch = np.zeros(0, _WATCH_DTYPE)
+        self._rst_rows = 0
+        self._rst_continued: list[np.ndarray] = []  # indices of RST rows found continued
+        self.latest_ts = NO_TIME
+
+    # -- public ----------------------------------------------------------------------------
+
+    def add(self, packets: np.ndarray) -> None:
+        if packets.shape[0] == 0:
+            return
+        slot, a_is_src = self._slots(packets)
+        batch = _Batch(packets, slot, a_is_src)
+        self._assign_flows(batch)
+        self._analyze(batch)
+        self.latest_ts = max(self.latest_ts, int(packets["ts_ns"].max()))
+        self._evict(finish=False)
+
+    def finish(self) -> None:
+        self._evict(finish=True)
+
+    @property
+    def flows(self) -> np.ndarray:
+        return _concat(self._flows, FLOW_DTYPE)
+
+    @property
+    def rsts(self) -> np.ndarray:
+        rows = _concat(self._rsts, RST_DTYPE)
+        if self._rst_continued:
+            rows["continued"][np.concatenate(self._rst_continued)] = True
+        return rows
+
+    @property
+    def rtts(self) -> np.ndarray:
+        return _concat(self._rtts, RTT_DTYPE)
+
+    @property
+    def segments(self) -> np.ndarray:
+        return _concat(self._segments, SEGMENT_DTYPE)
+
+    # -- 1. identity -----------------------------------------------------------------------
+
+    def _slots(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        src = (p["src_hi"], p["src_lo"], p["sport"])
+        dst = (p["dst_hi"], p["dst_lo"], p["dport"])
+        a_is_src = (src[0] < dst[0]) | (
+            (src[0] == dst[0]) & ((src[1] < dst[1]) | ((src[1] == dst[1]) & (src[2] <= dst[2])))
+        )
+        a = [np.where(a_is_src, s, d) for s, d in zip(src, dst, strict=True)]
+        b = [np.where(a_is_src, d, s) for s, d in zip(src, dst, strict=True)]
+        key = _hash(a[0], a[1], a[2], b[0], b[1], b[2])
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        pos_c, found = _find(self.sorted_keys, uniq)
+        slot_u = np.empty(uniq.shape[0], np.int64)
+        slot_u[found] = self.sorted_slots[pos_c[found]]
+        new = np.flatnonzero(~found)
+        if new.size:
+            fresh = self._allocate(new.size)
+            slot_u[new] = fresh
+            rows = first[new]
+            st = self.state
+            st[fresh] = blank_state(new.size)
+            st["a_hi"][fresh], st["a_lo"][fresh], st["a_port"][fresh] = a[0][rows], a[1][rows], a[2][rows]
+            st["b_hi"][fresh], st["b_lo"][fresh], st["b_port"][fresh] = b[0][rows], b[1][rows], b[2][rows]
+            keys = np.concatenate((self.sorted_keys, uniq[new]))
+            slots = np.concatenate((self.sorted_slots, fresh))
+            order = np.argsort(keys, kind="stable")
+            self.sorted_keys, self.sorted_slots = keys[order], slots[order]
+        # A hash collision would merge two flows; verify the endpoints of known slots.
+        return slot_u[inverse], a_is_src
+
+    def _allocate(self, n: int) -> np.ndarray:
+        free = np.flatnonzero(~self.in_use)
+        if free.size < n:
+            grow = max(self.state.shape[0], n)
+            self.state = np.concatenate((self.state, blank_state(grow)))
+            self.in_use = np.concatenate((self.in_use, np.zeros(grow, bool)))
+            free = np.flatnonzero(~self.in_use)
+        chosen = free[:n]
+        self.in_use[chosen] = True
+        return chosen
+
+    # -- 2. flows and port reuse -----------------------------------------------------------
+
+    def _assign_flows(self, b: _Batch) -> None:
+        p, st = b.p, self.state
+        n = p.shape[0]
+        endpoint = np.where(b.a_is_src, 0, 1)  # which canonical endpoint sent it
+        flags = p["flags"]
+        syn_only = (flags & (TH_SYN | TH_ACK)) == TH_SYN
+        # Per (slot, endpoint), in frame order: the sender's reference sequence number.
+        se = b.slot * 2 + endpoint
+        order = np.argsort(se, kind="stable")
+        se_sorted = se[order]
+        seg = np.cumsum(sg.starts_of(se_sorted)) - 1
+        nseg = int(seg[-1]) + 1
+        seg_key = sg.first_of(se_sorted, seg, nseg, 0)
+        seg_slot, seg_end = seg_key // 2, seg_key % 2
+        seq = p["seq"][order].astype(np.int64)
+        has_state = st["ref_valid"][seg_slot, seg_end]
+        init_ref = np.where(has_state, st["ref_seq"][seg_slot, seg_end].astype(np.int64),
+                            sg.first_of(seq, seg, nseg, 0))
+        is_syn = (flags[order] & TH_SYN) != 0
+        ref = sg.ffill_before(seq, is_syn, seg, init_ref)
+        earlier = ~sg.starts_of(seg) | has_state[seg]
+        reuse_sorted = syn_only[order] & earlier & (seq != ref)
+        reuse = np.zeros(n, bool)
+        reuse[order] = reuse_sorted
+        # Update the references for the next batch: last SYN's seq, else first packet's.
+        last_syn = np.maximum.reduceat(np.where(is_syn, np.arange(n), -1),
+                                       np.flatnonzero(sg.starts_of(seg)))
+        new_ref = np.where(last_syn >= 0, seq[np.maximum(last_syn, 0)], init_ref)
+        st["ref_seq"][seg_slot, seg_end] = (new_ref & MASK32).astype(np.uint32)
+        st["ref_valid"][seg_slot, seg_end] = True
+
+        # Flow starts: a slot's first packet when it has no flow yet, and every reusing SYN.
+        by_slot = np.argsort(b.slot, kind="stable")
+        slot_sorted = b.slot[by_slot]
+        first_in_slot = sg.starts_of(slot_sorted)
+        starts_sorted = reuse[by_slot] | (first_in_slot & (st["flow_id"][slot_sorted] < 0))
+        start_rows = by_slot[starts_sorted]  # packet rows (capture order within a slot)
+        start_rows = np.sort(start_rows)  # flow ids in order of first segment, like tcp.stream
+        new_ids = self.next_flow_id + np.arange(start_rows.size, dtype=np.int64)
+        self.next_flow_id += start_rows.size
+        start_id = np.full(n, -1, np.int64)
+        start_id[start_rows] = new_ids
+        sseg = np.cumsum(first_in_slot) - 1
+        nslot_seg = int(sseg[-1]) + 1
+        init_id = st["flow_id"][sg.first_of(slot_sorted, sseg, nslot_seg, 0)]
+        ids_sorted = start_id[by_slot]
+        has_start = ids_sorted >= 0
+        filled = sg.ffill_before(ids_sorted, has_start, sseg, init_id)
+        flow_sorted = np.where(has_start, ids_sorted, filled)
+        flow_id = np.empty(n, np.int64)
+        flow_id[by_slot] = flow_sorted
+        b.flow_id = flow_id
+        b.reuse = reuse
+        b.new_flow_start = start_rows
+
+    # -- 3..6. analysis --------------------------------------------------------------------
+
+    def _analyze(self, b: _Batch) -> None:
+        p, st = b.p, self.state
+        n = p.shape[0]
+        uniq_flow, dense = np.unique(b.flow_id, return_inverse=True)
+        nf = uniq_flow.shape[0]
+        # Slot of each dense flow, and the initial state of each: the slot's state for the flow
+        # that continues from earlier batches, a blank one for flows that start here.
+        flow_slot = np.zeros(nf, np.int64)
+        flow_slot[dense] = b.slot
+        continuing = st["flow_id"][flow_slot] == uniq_flow
+        init = blank_state(nf)
+        init[continuing] = st[flow_slot[continuing]]
+        init["flow_id"] = uniq_flow
+        for name in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port"):
+            init[name] = st[name][flow_slot]
+        fresh = ~continuing
+        first_row = np.full(nf, n, np.int64)
+        np.minimum.at(first_row, dense, np.arange(n))
+        if fresh.any():
+            self._initiators(init, fresh, first_row, b)
+        sender_is_a = b.a_is_src
+        direction = np.where(sender_is_a == init["init_is_a"][dense], 0, 1).astype(np.int64)
+        b.direction = direction
+        flags = p["flags"].astype(np.int64)
+        syn = (flags & TH_SYN) != 0
+        fin = (flags & TH_FIN) != 0
+        rst = (flags & TH_RST) != 0
+        ackf = (flags & TH_ACK) != 0
+        payload = p["payload_len"].astype(np.int64)
+        ts = p["ts_ns"]
+        frame = p["frame"]
+        seq_raw = p["seq"].astype(np.int64)
+        ack_raw = p["ack"].astype(np.int64)
+        win_raw = p["window"].astype(np.int64)
+
+        # Flow-direction order.
+        fd = dense * 2 + direction
+        o = np.argsort(fd, kind="stable")
+        fd_s = fd[o]
+        seg = fd_s  # segments numbered by fd directly (2 per dense flow)
+        nseg = 2 * nf
+        init_fd = lambda name: init[name].reshape(-1)  # noqa: E731 - (nf, 2) -> per fd
+
+        # Bases: the state's, else the earlier of this direction's first segment and the other
+        # direction's first ACK (which names this direction's sequence space too).
+        base = init_fd("base").astype(np.int64)
+        base_valid = init_fd("base_valid").copy()
+        first_seq = np.full(nseg, -1, np.int64)
+        first_seq_frame = np.full(nseg, np.iinfo(np.int64).max)
+        firsts = sg.starts_of(fd_s)
+        first_seq[fd_s[firsts]] = seq_raw[o][firsts]
+        first_seq_frame[fd_s[firsts]] = frame[o][firsts]
+        ack_rows = np.flatnonzero(ackf)
+        first_ack = np.full(nseg, -1, np.int64)
+        first_ack_frame = np.full(nseg, np.iinfo(np.int64).max)
+        if ack_rows.size:
+            # The first ACK sent *in* direction fd names the sequence space of fd ^ 1.
+            target = fd[ack_rows] ^ 1
+            ordr = np.lexsort((frame[ack_rows], target))
+            t_sorted = target[ordr]
+            firsts_t = sg.starts_of(t_sorted)
+            first_ack[t_sorted[firsts_t]] = ack_raw[ack_rows][ordr][firsts_t]
+            first_ack_frame[t_sorted[firsts_t]] = frame[ack_rows][ordr][firsts_t]
+        use_seq = ~base_valid & (first_seq_frame <= first_ack_frame) & (first_seq >= 0)
+        use_ack = ~base_valid & ~use_seq & (first_ack >= 0)
+        base[use_seq] = first_seq[use_seq]
+        base[use_ack] = first_ack[use_ack]
+        base_valid |= use_seq | use_ack
+
+        # Unwrapped sequence numbers, per direction in frame order.
+        rel = (seq_raw[o] - base[fd_s]) & MASK32
+        prev_rel = np.where(init_fd("base_valid") & (init_fd("packets") > 0),
+                            init_fd("seq_last_rel").astype(np.int64), 0)
+        prev_rel_row = sg.ffill_before(rel, np.ones(n, bool), seg, prev_rel)
+        start_unw = np.where(init_fd("packets") > 0, init_fd("seq_last"), 0)
+        seq_unw = sg.cumsum_in(_wrap32(rel - prev_rel_row), seg, start_unw)
+        syn_s, fin_s, rst_s, ack_s = syn[o], fin[o], rst[o], ackf[o]
+        pay_s = payload[o]
+        seg_len = pay_s + syn_s + fin_s
+        end = np.where(rst_s, seq_unw, seq_unw + seg_len)
+        # Unwrapped ACK numbers (relative to the other direction's base), over ACK rows only.
+        ack_unw_s = np.full(n, NO_SEQ, np.int64)
+        ar = np.flatnonzero(ack_s)
+        if ar.size:
+            aseg = seg[ar]
+            arel = (ack_raw[o][ar] - base[aseg ^ 1]) & MASK32
+            had = init_fd("acked_once")
+            prev_arel = np.where(had, init_fd("ack_last_rel").astype(np.int64), 0)
+            prev_arel_row = sg.ffill_before(arel, np.ones(ar.size, bool), aseg, prev_arel)
+            ack_unw_s[ar] = sg.cumsum_in(_wrap32(arel - prev_arel_row), aseg,
+                                         np.where(had, init_fd("ack_last"), 0))
+
+        # Capture duplicates: the same packet as the previous one of the direction.
+        same_prev = ~sg.starts_of(seg)
+        dup = np.zeros(n, bool)
+        if n > 1:
+            ps = p[o]
+            same = np.ones(n - 1, bool)
+            for name in ("seq", "ack", "flags", "window", "payload_len", "ip_id", "ttl", "wirelen",
+                         "opt_present", "tsval", "tsecr", "sack_count"):
+                same &= ps[name][1:] == ps[name][:-1]
+            same &= (ps["sack_left"][1:] == ps["sack_left"][:-1]).all(axis=1)
+            same &= (ps["sack_right"][1:] == ps["sack_right"][:-1]).all(axis=1)
+            same &= np.abs(ps["ts_ns"][1:] - ps["ts_ns"][:-1]) <= DUPLICATE_WINDOW_NS
+            dup[1:] = same & same_prev[1:]
+        live = ~dup  # rows that count for sequence analysis
+
+        # Highest sequence end seen before each segment (this direction).
+        ends_live = np.where(live & ~rst_s, end, NO_SEQ)
+        next_before = sg.exclusive_max(ends_live, seg, init_fd("next_seq"))
+        has_next = next_before > NO_SEQ
+        # Previous live segment of this direction: its ACK, window, time.
+        prev_idx = sg.last_index_before(live, seg)
+        has_prev = (prev_idx >= 0) | (init_fd("packets")[seg] > 0)
+        prev_ack_raw = np.where(prev_idx >= 0, ack_raw[o][np.maximum(prev_idx, 0)],
+                                init_fd("last_ack_raw")[seg].astype(np.int64))
+        prev_win = np.where(prev_idx >= 0, win_raw[o][np.maximum(prev_idx, 0)],
+                            init_fd("last_window")[seg])
+        data_like = live & ((seg_len > 0) | syn_s | fin_s) & ~rst_s
+        last_seg_ts = sg.ffill_before(ts[o], data_like, seg, init_fd("last_seg_ts"))
+
+        win_s = win_raw[o]
+        pure = ~(syn_s | fin_s | rst_s)
+        dupack = (live & (pay_s == 0) & (win_s != 0) & (win_s == prev_win) & has_prev
+                  & (seq_unw == next_before) & (ack_raw[o] == prev_ack_raw) & pure & ack_s)
+        # Position in the current run of duplicate ACKs: a live non-duplicate resets it.
+        resets = live & ~dupack
+        last_reset = sg.last_index_before(resets, seg)
+        dup_total = sg.cumsum_in(dupack.astype(np.int64), seg, np.zeros(nseg, np.int64))
+        dup_count = np.where(
+            last_reset >= 0,
+            dup_total - dup_total[np.maximum(last_reset, 0)],
+            dup_total + init_fd("dupacks")[seg],
+        )
+        dup_count = np.where(dupack, dup_count, 0)
+
+        # Window scale: from the direction's SYN (only if both SYNs carried the option).
+        wscale_fd = init_fd("wscale").astype(np.int64).copy()
+        syn_ws = syn_s & ((p["opt_present"][o] & OPT_WSCALE) != 0)
+        if syn_ws.any():
+            wscale_fd[seg[syn_ws]] = np.minimum(p["wscale"][o][syn_ws].astype(np.int64), MAX_WSCALE)
+        syn_seen_fd = np.zeros(nseg, bool)
+        syn_seen_fd[seg[syn_s]] = True
+        syn_no_ws = syn_s & ~syn_ws
+        wscale_fd[seg[syn_no_ws]] = -2  # SYN without the option: no scaling this direction
+        both = (wscale_fd.reshape(nf, 2) >= 0).all(axis=1)
+        no_scaling = ((wscale_fd.reshape(nf, 2) == -2).any(axis=1))
+        shift_fd = np.where(np.repeat(both, 2), wscale_fd, np.where(np.repeat(no_scaling, 2), 0, -1))
+        shift_row = shift_fd[seg]
+        # SYN segments are never scaled.
+        win_scaled = np.where(syn_s, win_s, np.where(shift_row >= 0, win_s << np.maximum(shift_row, 0), win_s))
+
+        # Handshake times.
+        hs = self._handshake(init, nf, dense, direction, syn, ackf, rst, ts, frame, seq_raw,
+                             ack_raw)
+        initial_rtt = np.where((hs["syn_ts"] >= 0) & (hs["hs_ack_ts"] >= 0),
+                               hs["hs_ack_ts"] - hs["syn_ts"], -1)
+
+        # The other direction's view at each segment: flow order (dense, frame).
+        fo = np.argsort(dense, kind="stable")
+        fseg = dense[fo]
+        inv_o = np.empty(n, np.int64)
+        inv_o[o] = np.arange(n)
+        at_o = inv_o[fo]  # position in flow-direction order of each flow-order row
+        dir_f = direction[fo]
+        live_f = live[o][at_o]
+        other = {}
+        for d in (0, 1):
+            mine = dir_f == d
+            ack_vals = np.where(mine & live_f & ack_s[at_o], ack_unw_s[at_o], NO_SEQ)
+            other[("max_ack", d)] = sg.exclusive_max(ack_vals, fseg, init["max_ack"][:, d])
+            end_vals = np.where(mine & live_f & ~rst_s[at_o], end[at_o], NO_SEQ)
+            other[("next_seq", d)] = sg.exclusive_max(end_vals, fseg, init["next_seq"][:, d])
+            ack_mask = mine & live_f & ack_s[at_o]
+            other[("last_ack", d)] = sg.ffill_before(
+                ack_unw_s[at_o], ack_mask, fseg,
+                np.where(init["acked_once"][:, d], init["ack_last"][:, d], NO_SEQ))
+            other[("last_ack_ts", d)] = sg.ffill_before(ts[fo], ack_mask, fseg, init["last_ack_ts"][:, d])
+            other[("window", d)] = sg.ffill_before(
+                win_scaled[at_o], mine & live_f, fseg,
+                np.where(init["last_window"][:, d] >= 0,
+                         _scale(init["last_window"][:, d], shift_fd.reshape(nf, 2)[:, d]), -1))
+            other[("dupacks", d)] = sg.ffill_before(dup_count[at_o], ack_mask, fseg, init["dupacks"][:, d])
+            other[("last_ts", d)] = sg.ffill_before(ts[fo], mine, fseg, init["dir_last_ts"][:, d])
+            other[("fin_seen", d)] = sg.exclusive_max(
+                (mine & fin[fo] & live_f).astype(np.int64), fseg,
+                (init["fin_ts"][:, d] >= 0).astype(np.int64))
+            other[("last_data_frame", d)] = sg.exclusive_max(
+                np.where(mine & live_f & (payload[fo] > 0), frame[fo], 0), fseg,
+                init["last_data_frame"][:, d])
+            other[("ttl", d)] = sg.ffill_before(
+                p["ttl"][fo].astype(np.int64), mine & ~rst[fo], fseg, init["ttl_last"][:, d].astype(np.int64))
+            other[("ipid", d)] = sg.ffill_before(
+                np.where(p["ip_version"][fo] == 4, p["ip_id"][fo].astype(np.int64), -1),
+                mine & ~rst[fo], fseg, init["ipid_last"][:, d].astype(np.int64))
+
+        def rev(name: str) -> np.ndarray:
+            """The other direction's value, in flow-direction order."""
+            out_f = np.where(dir_f == 0, other[(name, 1)], other[(name, 0)])
+            out = np.empty(n, out_f.dtype)
+            out[at_o] = out_f
+            return out
+
+        def own(name: str) -> np.ndarray:
+            out_f = np.where(dir_f == 0, other[(name, 0)], other[(name, 1)])
+            out = np.empty(n, out_f.dtype)
+            out[at_o] = out_f
+            return out
+
+        rev_max_ack = rev("max_ack")
+        rev_next = rev("next_seq")
+        rev_last_ack = rev("last_ack")
+        rev_last_ack_ts = rev("last_ack_ts")
+        rev_window = rev("window")
+        rev_dupacks = rev("dupacks")
+
+        # Classification (Wireshark's order where it matters).
+        flags_out = np.zeros(n, np.int64)
+        zero_window = live & (win_s == 0) & pure
+        lost = live & has_next & (seq_unw > next_before) & ~rst_s
+        keep_alive = live & (seg_len <= 1) & pure & has_next & (seq_unw == next_before - 1)
+        window_full = (live & (seg_len > 0) & (rev_window >= 0) & (rev_last_ack > NO_SEQ)
+                       & (end == rev_last_ack + rev_window) & ~syn_s)
+        ack_lost = live & ack_s & (rev_next > NO_SEQ) & (ack_unw_s > rev_next) & ~syn_s
+        retrans_like = (live & ((seg_len > 0) | syn_s | fin_s) & has_next & (seq_unw < next_before)
+                        & ~keep_alive & ~rst_s)
+        since_seg = ts[o] - last_seg_ts
+        ooo_threshold = np.where(initial_rtt[fd_s // 2] > 0, initial_rtt[fd_s // 2],
+                                 DEFAULT_OOO_THRESHOLD_NS)
+        fast = (retrans_like & (rev_dupacks >= 2) & (rev_last_ack == seq_unw)
+                & ((ts[o] - rev_last_ack_ts) < FAST_RETRANSMISSION_WINDOW_NS))
+        ooo = (retrans_like & ~fast & (last_seg_ts >= 0) & (since_seg < ooo_threshold)
+               & (next_before != end))
+        spurious = (retrans_like & ~fast & ~ooo & (seg_len > 0) & (rev_last_ack > NO_SEQ)
+                    & (end <= rev_last_ack))
+        plain = retrans_like & ~fast & ~ooo & ~spurious
+        for mask, bit in ((zero_window, v.A_ZERO_WINDOW), (lost, v.A_LOST_SEGMENT),
+                          (keep_alive, v.A_KEEP_ALIVE), (window_full, v.A_WINDOW_FULL),
+                          (ack_lost, v.A_ACK_LOST_SEGMENT), (dupack, v.A_DUPLICATE_ACK),
+                          (fast, v.A_FAST_RETRANSMISSION | v.A_RETRANSMISSION),
+                          (ooo, v.A_OUT_OF_ORDER),
+                          (spurious, v.A_SPURIOUS_RETRANSMISSION | v.A_RETRANSMISSION),
+                          (plain, v.A_RETRANSMISSION), (dup, v.A_DUPLICATE)):
+            flags_out[mask] |= bit
+        reuse_s = b.reuse[o]
+        flags_out[reuse_s] |= v.A_REUSED_PORTS
+        for bit, name in enumerate(v.SEGMENT_FLAG_NAMES):
+            hits = int(np.count_nonzero(flags_out & (1 << bit)))
+            if hits:
+                self.counts.segment_flags[name] = self.counts.segment_flags.get(name, 0) + hits
+        self.counts.duplicates += int(dup.sum())
+        self.counts.data_segments += int(np.count_nonzero(live & (pay_s > 0)))
+
+        # RTT samples.
+        own_max_ack = sg.exclusive_max(np.where(live & ack_s, ack_unw_s, NO_SEQ), seg,
+                                       init_fd("max_ack"))
+        ack_rtt = self._data_rtt(uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, seg_len,
+                                 rst_s, retrans_like, ts, frame, own_max_ack)
+        self._handshake_rtt(hs, uniq_flow, init)
+        self._timestamp_rtt(b, uniq_flow, dense, direction, live, ts, frame)
+
+        # RST events.
+        rst_rows = np.flatnonzero(rst_s & live)
+        if rst_rows.size:
+            self._rst_events(b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
+                             rev_max_ack, rev_window, ts, frame, own, rev, rev_next,
+                             dir_f, fo, at_o)
+        self._watch_continuations(uniq_flow, dense, direction, rst, frame)
+
+        if self.keep_segments:
+            rows = np.zeros(n, SEGMENT_DTYPE)
+            rows["frame"] = frame[o]
+            rows["flow_id"] = uniq_flow[fd_s // 2]
+            rows["direction"] = fd_s % 2
+            rows["flags"] = flags_out
+            rows["seq"] = seq_unw
+            rows["next_seq"] = seq_unw + seg_len
+            rows["ack"] = ack_unw_s
+            rows["window"] = np.where(shift_row >= 0, win_scaled, -1)
+            rows["window_raw"] = win_s
+            rows["ack_rtt_ns"] = ack_rtt
+            rows["dupack_count"] = dup_count
+            self._segments.append(rows[np.argsort(rows["frame"], kind="stable")])
+
+        # New state per dense flow, then back into the slots.
+        fin_state = init
+        fin_state["base"] = (base.reshape(nf, 2) & MASK32).astype(np.uint32)
+        fin_state["base_valid"] = base_valid.reshape(nf, 2)
+        seg_count = np.bincount(fd_s, minlength=nseg)
+        present = seg_count > 0
+        last_rel = sg.last_of(rel, seg, nseg, 0)
+        last_unw = sg.last_of(seq_unw, seg, nseg, 0)
+        _set_fd(fin_state, "seq_last_rel", present, (last_rel & MASK32).astype(np.uint32))
+        _set_fd(fin_state, "seq_last", present, last_unw)
+        if ar.size:
+            aseg = seg[ar]
+            acked = np.zeros(nseg, bool)
+            acked[aseg] = True
+            arel_all = (ack_raw[o][ar] - base[aseg ^ 1]) & MASK32
+            _set_fd(fin_state, "ack_last_rel", acked,
+                    (sg.last_of(arel_all, aseg, nseg, 0) & MASK32).astype(np.uint32))
+            _set_fd(fin_state, "ack_last", acked, sg.last_of(ack_unw_s[ar], aseg, nseg, 0))
+            _set_fd(fin_state, "last_ack_raw", acked,
+                    sg.last_of(ack_raw[o][ar], aseg, nseg, 0).astype(np.uint32))
+            _set_fd(fin_state, "acked_once", acked, np.ones(nseg, bool))
+            maxack = np.full(nseg, NO_SEQ, np.int64)
+            np.maximum.at(maxack, aseg, np.where(live[ar], ack_unw_s[ar], NO_SEQ))
+            fin_state["max_ack"] = np.maximum(fin_state["max_ack"], maxack.reshape(nf, 2))
+            lat = np.full(nseg, NO_TIME, np.int64)
+            np.maximum.at(lat, aseg, ts[o][ar])
+            fin_state["last_ack_ts"] = np.maximum(fin_state["last_ack_ts"], lat.reshape(nf, 2))
+        nxt = np.full(nseg, NO_SEQ, np.int64)
+        np.maximum.at(nxt, seg, ends_live)
+        fin_state["next_seq"] = np.maximum(fin_state["next_seq"], nxt.reshape(nf, 2))
+        mins = np.full(nseg, 2**62, np.int64)
+        np.minimum.at(mins, seg, np.where(live & ~rst_s, seq_unw, 2**62))
+        fin_state["min_seq"] = np.minimum(fin_state["min_seq"], mins.reshape(nf, 2))
+        _set_fd(fin_state, "last_window", present, sg.last_of(win_s, seg, nseg, 0))
+        fin_state["wscale"] = wscale_fd.reshape(nf, 2).astype(np.int8)
+        last_dup = sg.last_of(dup_count, seg, nseg, 0)
+        _set_fd(fin_state, "dupacks", present, last_dup)
+        lst = np.full(nseg, NO_TIME, np.int64)
+        np.maximum.at(lst, seg, np.where(data_like, ts[o], NO_TIME))
+        fin_state["last_seg_ts"] = np.maximum(init["last_seg_ts"], lst.reshape(nf, 2))
+        firsts_ts = sg.first_of(ts[o], seg, nseg, NO_TIME)
+        dft = fin_state["dir_first_ts"].reshape(-1)
+        dft[present & (dft < 0)] = firsts_ts[present & (dft < 0)]
+        fin_state["dir_first_ts"] = dft.reshape(nf, 2)
+        dlt = np.full(nseg, NO_TIME, np.int64)
+        np.maximum.at(dlt, seg, ts[o])
+        fin_state["dir_last_ts"] = np.maximum(fin_state["dir_last_ts"], dlt.reshape(nf, 2))
+        ldf = np.zeros(nseg, np.int64)
+        np.maximum.at(ldf, seg, np.where(live & (pay_s > 0), frame[o], 0))
+        fin_state["last_data_frame"] = np.maximum(fin_state["last_data_frame"], ldf.reshape(nf, 2))
+        counters = (
+            ("packets", np.ones(n, bool)),
+            ("payload_bytes", None),
+            ("retransmissions", (flags_out & v.A_RETRANSMISSION) != 0),
+            ("fast_retransmissions", fast),
+            ("spurious_retransmissions", spurious),
+            ("out_of_order", ooo),
+            ("lost_segments", lost),
+            ("ack_lost_segments", ack_lost),
+            ("duplicate_acks", dupack),
+            ("zero_windows", zero_window),
+            ("duplicates", dup),
+            ("keep_alives", keep_alive),
+            ("rst_count", rst_s & live),
+        )
+        for name, mask in counters:
+            weights = np.where(live, pay_s, 0) if mask is None else mask.astype(np.int64)
+            fin_state[name] += np.bincount(seg, weights=weights, minlength=nseg).astype(np.int64).reshape(nf, 2)
+        fts = np.full(nseg, np.iinfo(np.int64).max)
+        np.minimum.at(fts, seg, np.where(fin_s & live, ts[o], np.iinfo(np.int64).max))
+        fts = np.where(fts == np.iinfo(np.int64).max, NO_TIME, fts).reshape(nf, 2)
+        fin_state["fin_ts"] = np.where(fin_state["fin_ts"] >= 0, fin_state["fin_ts"], fts)
+        rts = np.full(nseg, np.iinfo(np.int64).max)
+        np.minimum.at(rts, seg, np.where(rst_s & live, ts[o], np.iinfo(np.int64).max))
+        rts = np.where(rts == np.iinfo(np.int64).max, NO_TIME, rts).reshape(nf, 2)
+        fin_state["first_rst_ts"] = np.where(fin_state["first_rst_ts"] >= 0,
+                                             fin_state["first_rst_ts"], rts)
+        has_ttl = np.zeros(nseg, bool)
+        has_ttl[seg[~rst_s]] = True
+        last_nonrst = np.full(nseg, -1, np.int64)
+        np.maximum.at(last_nonrst, seg, np.where(~rst_s, np.arange(n), -1))
+        _set_fd(fin_state, "ttl_last", has_ttl,
+                p["ttl"][o][np.maximum(last_nonrst, 0)].astype(np.int16))
+        ipid = np.where(p["ip_version"][o] == 4, p["ip_id"][o].astype(np.int64), -1)
+        _set_fd(fin_state, "ipid_last", has_ttl, ipid[np.maximum(last_nonrst, 0)].astype(np.int32))
+        for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid"):
+            fin_state[name] = hs[name]
+        fft = np.full(nf, np.iinfo(np.int64).max)
+        np.minimum.at(fft, dense, ts)
+        fin_state["first_ts"] = np.where(fin_state["first_ts"] >= 0, fin_state["first_ts"], fft)
+        flt = np.full(nf, NO_TIME, np.int64)
+        np.maximum.at(flt, dense, ts)
+        fin_state["last_ts"] = np.maximum(fin_state["last_ts"], flt)
+        ffr = np.full(nf, np.iinfo(np.int64).max)
+        np.minimum.at(ffr, dense, frame)
+        fin_state["first_frame"] = np.where(fin_state["first_frame"] > 0, fin_state["first_frame"], ffr)
+        lfr = np.zeros(nf, np.int64)
+        np.maximum.at(lfr, dense, frame)
+        fin_state["last_frame"] = np.maximum(fin_state["last_frame"], lfr)
+
+        # The last flow of each slot stays active; earlier ones (replaced by reuse) finish.
+        last_of_slot = np.zeros(nf, bool)
+        order_slot = np.lexsort((uniq_flow, flow_slot))
+        slot_sorted = flow_slot[order_slot]
+        ends_slot = np.ones(nf, bool)
+        ends_slot[:-1] = slot_sorted[1:] != slot_sorted[:-1]
+        last_of_slot[order_slot[ends_slot]] = True
+        replaced = ~last_of_slot
+        if replaced.any():
+            self._emit_flows(fin_state[replaced])
+        keep = last_of_slot
+        st[flow_slot[keep]] = fin_state[keep]
+
+    def _initiators(self, init, fresh, first_row, b: _Batch) -> None:
+        """Who initiated each flow that starts in this batch."""
+        p = b.p
+        rows = first_row[fresh]
+        flags = p["flags"][rows]
+        sender_a = b.a_is_src[rows]
+        syn_only = (flags & (TH_SYN | TH_ACK)) == TH_SYN
+        syn_ack = (flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)
+        # Midstream: the ephemeral (higher) port's side; the first sender on a tie.
+        sport, dport = p["sport"][rows], p["dport"][rows]
+        sender_ephemeral = np.where(sport == dport, True, sport > dport)
+        init_is_sender = np.where(syn_only, True, np.where(syn_ack, False, sender_ephemeral))
+        init["init_is_a"][fresh] = np.where(init_is_sender, sender_a, ~sender_a)
+        init["midstream"][fresh] = ~syn_only & ~syn_ack
+        reused = b.reuse[rows]
+        init["reused"][fresh] = reused
+        self.counts.flows += int(fresh.sum())
+        self.counts.midstream += int(init["midstream"][fresh].sum())
+        self.counts.reused += int(reused.sum())
+
+    def _handshake(self, init, nf, dense, direction, syn, ackf, rst, ts, frame, seq_raw, ack_raw):
+        """First SYN (initiator), SYN/ACK (responder) and the ACK completing the handshake."""
+        hs = np.zeros(nf, [("syn_ts", np.int64), ("synack_ts", np.int64), ("hs_ack_ts", np.int64),
+                           ("synack_seq", np.uint32), ("synack_valid", np.bool_),
+                           ("syn_frame", np.int64), ("synack_frame", np.int64)])
+        for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid"):
+            hs[name] = init[name]
+        big = np.iinfo(np.int64).max
+        syn_rows = syn & ~ackf & (direction == 0)
+        sa_rows = syn & ackf & (direction == 1)
+        for rows, name, fr in ((syn_rows, "syn_ts", "syn_frame"), (sa_rows, "synack_ts", "synack_frame")):
+            first = np.full(nf, big)
+            np.minimum.at(first, dense[rows], frame[rows])
+            got = first < big
+            pos = np.searchsorted(frame, first[got])  # frames are increasing within a batch
+            hs[fr][got] = first[got]
+            need = got & (hs[name] < 0)
+            t = np.full(nf, NO_TIME, np.int64)
+            t[got] = ts[pos]
+            hs[name][need] = t[need]
+            if name == "synack_ts":
+                s = np.zeros(nf, np.int64)
+                s[got] = seq_raw[pos]
+                new_sa = got & ~hs["synack_valid"]
+                hs["synack_seq"][new_sa] = s[new_sa]
+                hs["synack_valid"] |= new_sa
+        completing = (~syn & ackf & ~rst & (direction == 0)
+                      & hs["synack_valid"][dense]
+                      & (ack_raw == ((hs["synack_seq"][dense].astype(np.int64) + 1) & MASK32)))
+        first = np.full(nf, big)
+        np.minimum.at(first, dense[completing], frame[completing])
+        got = first < big
+        pos = np.searchsorted(frame, first[got])
+        t = np.full(nf, NO_TIME, np.int64)
+        t[got] = ts[pos]
+        need = got & (hs["hs_ack_ts"] < 0) & (hs["synack_ts"] >= 0)
+        hs["hs_ack_ts"][need] = t[need]
+        return hs
+
+    def _handshake_rtt(self, hs, uniq_flow, init) -> None:
+        new_resp = (hs["synack_ts"] >= 0) & (init["synack_ts"] < 0) & (hs["syn_ts"] >= 0)
+        new_init = (hs["hs_ack_ts"] >= 0) & (init["hs_ack_ts"] < 0) & (hs["synack_ts"] >= 0)
+        rows = []
+        for mask, kind, side, start, stop in (
+            (new_resp, RTT_KIND_HANDSHAKE_RESPONDER, 1, "syn_ts", "synack_ts"),
+            (new_init, RTT_KIND_HANDSHAKE_INITIATOR, 0, "synack_ts", "hs_ack_ts"),
+        ):
+            if mask.any():
+                r = np.zeros(int(mask.sum()), RTT_DTYPE)
+                r["ts_ns"] = hs[stop][mask]
+                r["flow_id"] = uniq_flow[mask]
+                r["kind"] = kind
+                r["side"] = side
+                r["rtt_ns"] = hs[stop][mask] - hs[start][mask]
+                r["frame"] = hs["synack_frame"][mask] if kind == RTT_KIND_HANDSHAKE_RESPONDER else 0
+                rows.append(r)
+        if rows:
+            self._rtts.append(np.concatenate(rows))
+
+    def _data_rtt(self, uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, seg_len, rst_s,
+                  retrans_like, ts, frame, own_max_ack):
+        """Data RTT: segment -> first ACK acknowledging exactly its end (Karn's rule)."""
+        n = o.shape[0]
+        ack_rtt = np.full(n, -1, np.int64)
+        flow_of = uniq_flow[fd_s // 2]
+        direction = fd_s % 2
+        data = live & (seg_len > 0) & ~rst_s
+        new = np.zeros(int(data.sum()), _PENDING_DTYPE)
+        new["flow_id"] = flow_of[data]
+        new["direction"] = direction[data]
+        new["end"] = end[data]
+        new["ts_ns"] = ts[o][data]
+        new["frame"] = frame[o][data]
+        new["retransmitted"] = retrans_like[data]
+        pending = np.concatenate((self._pending, new))
+        # Queries: ACKs that advance the cumulative ACK of their direction.
+        q = live & ack_s & (ack_unw_s > own_max_ack)
+        qi = np.flatnonzero(q)
+        if pending.size and qi.size:
+            # Merge data rows and queries; within (flow, data direction, end), sort by frame,
+            # so a query's latest earlier data row with that end is found by a forward fill.
+            qf, qd, qe = flow_of[qi], direction[qi] ^ 1, ack_unw_s[qi]
+            keys_flow = np.concatenate((pending["flow_id"], qf))
+            keys_dir = np.concatenate((pending["direction"].astype(np.int64), qd))
+            keys_end = np.concatenate((pending["end"], qe))
+            keys_frame = np.concatenate((pending["frame"], frame[o][qi]))
+            is_data = np.concatenate((np.ones(pending.size, bool), np.zeros(qi.size, bool)))
+            order = np.lexsort((~is_data, keys_frame, keys_end, keys_dir, keys_flow))
+            kf, kd, ke = keys_flow[order], keys_dir[order], keys_end[order]
+            group = np.ones(order.size, bool)
+            group[1:] = (kf[1:] != kf[:-1]) | (kd[1:] != kd[:-1]) | (ke[1:] != ke[:-1])
+            gseg = np.cumsum(group) - 1
+            prev = sg.last_index_before(is_data[order], gseg)
+            query_pos = np.flatnonzero(~is_data[order])
+            matched = prev[query_pos] >= 0
+            data_idx = order[prev[query_pos][matched]]
+            q_idx = order[query_pos[matched]] - pending.size
+            good = ~pending["retransmitted"][data_idx]
+            # Karn: also no sample if any transmission of this end was a retransmission.
+            retx_any = np.zeros(order.size, bool)
+            retx_any[is_data[order]] = pending["retransmitted"][order[is_data[order]]]
+            retx_group = np.zeros(int(gseg[-1]) + 1, bool)
+            np.logical_or.at(retx_group, gseg, retx_any)
+            good &= ~retx_group[gseg[query_pos[matched]]]
+            rows_q = qi[q_idx[good]]
+            rtt = ts[o][rows_q] - pending["ts_ns"][data_idx[good]]
+            ack_rtt[rows_q] = rtt
+            if rows_q.size:
+                r = np.zeros(rows_q.size, RTT_DTYPE)
+                r["ts_ns"] = ts[o][rows_q]
+                r["flow_id"] = flow_of[rows_q]
+                r["kind"] = RTT_KIND_DATA
+                r["side"] = direction[rows_q]  # the ACKer's side of the capture point
+                r["rtt_ns"] = rtt
+                r["frame"] = frame[o][rows_q]
+                self._rtts.append(r)
+        # Keep data not yet acknowledged (per flow and direction), for later batches.
+        if pending.size:
+            acked_to = self._acked_to(pending, uniq_flow, flow_of, direction, ack_s, ack_unw_s, live)
+            self._pending = pending[pending["end"] > acked_to]
+        return ack_rtt
+
+    def _acked_to(self, pending, uniq_flow, flow_of, direction, ack_s, ack_unw_s, live):
+        """For each pending data row, the highest ACK the receiver has sent so far."""
+        st = self.state
+        # From this batch:
+        key_b = flow_of * 2 + (direction ^ 1)  # the data direction an ACK acknowledges
+        rows = live & ack_s
+        keys = key_b[rows]
+        vals = ack_unw_s[rows]
+        uk, inv = np.unique(keys, return_inverse=True)
+        best = np.full(uk.shape[0], NO_SEQ, np.int64)
+        np.maximum.at(best, inv, vals)
+        pk = pending["flow_id"] * 2 + pending["direction"].astype(np.int64)
+        pos_c, hit = _find(uk, pk)
+        out = np.where(hit, best[pos_c], NO_SEQ) if uk.size else np.full(pk.shape[0], NO_SEQ)
+        # From the carried state of flows still in a slot.
+        active = self.in_use & (st["flow_id"] >= 0)
+        sk = st["flow_id"][active]
+        order = np.argsort(sk)
+        sk = sk[order]
+        max_ack = st["max_ack"][active][order]
+        pos_c, hit = _find(sk, pending["flow_id"])
+        carried = np.full(pending.shape[0], NO_SEQ, np.int64)
+        if sk.size:
+            receiver = 1 - pending["direction"].astype(np.int64)
+            carried = np.where(hit, max_ack[pos_c, receiver], NO_SEQ)
+        gone = ~hit & ~np.isin(pending["flow_id"], uniq_flow)
+        out = np.maximum(out, carried)
+        out[gone] = np.iinfo(np.int64).max  # the flow finished: nothing to wait for
+        return out
+
+    def _timestamp_rtt(self, b, uniq_flow, dense, direction, live, ts, frame) -> None:
+        """TSval -> the first segment of the other direction echoing it in TSecr."""
+        p = b.p
+        has_ts = live & ((p["opt_present"] & OPT_TIMESTAMP) != 0)
+        if not has_ts.any() and self._tsvals.size == 0:
+            return
+        flow = uniq_flow[dense]
+        rows = np.flatnonzero(has_ts)
+        new = np.zeros(rows.size, _TSVAL_DTYPE)
+        new["flow_id"] = flow[rows]
+        new["direction"] = direction[rows]
+        new["tsval"] = p["tsval"][rows]
+        new["ts_ns"] = ts[rows]
+        new["frame"] = frame[rows]
+        table = np.concatenate((self._tsvals, new))
+        # First sending of each (flow, direction, tsval).
+        order = np.lexsort((table["frame"], table["tsval"], table["direction"], table["flow_id"]))
+        t = table[order]
+        first = np.ones(t.size, bool)
+        first[1:] = ((t["flow_id"][1:] != t["flow_id"][:-1]) | (t["direction"][1:] != t["direction"][:-1])
+                     | (t["tsval"][1:] != t["tsval"][:-1]))
+        t = t[first]
+        # Echoes: a segment with ACK whose TSecr differs from the previous one of its direction.
+        echo = has_ts & ((p["flags"] & TH_ACK) != 0) & (p["tsecr"] != 0)
+        er = np.flatnonzero(echo)
+        if er.size and t.size:
+            ekey_f, ekey_d, ekey_v = flow[er], direction[er] ^ 1, p["tsecr"][er]
+            # Only the first echo of each value counts (later ones measure delayed ACKs).
+            eo = np.lexsort((frame[er], ekey_v, ekey_d, ekey_f))
+            ef = np.ones(er.size, bool)
+            ef[1:] = ((ekey_f[eo][1:] != ekey_f[eo][:-1]) | (ekey_d[eo][1:] != ekey_d[eo][:-1])
+                      | (ekey_v[eo][1:] != ekey_v[eo][:-1]))
+            er = er[eo[ef]]
+            ekey_f, ekey_d, ekey_v = flow[er], direction[er] ^ 1, p["tsecr"][er]
+            comp_t = _compound(t["flow_id"], t["direction"].astype(np.int64), t["tsval"].astype(np.int64))
+            comp_e = _compound(ekey_f, ekey_d, ekey_v.astype(np.int64))
+            sort_t = np.argsort(comp_t, kind="stable")
+            pos_c, hit = _find(comp_t[sort_t], comp_e)
+            src = sort_t[pos_c[hit]]
+            valid = t["frame"][src] < frame[er[hit]]
+            done_rows = er[hit][valid]
+            rtt = ts[done_rows] - t["ts_ns"][src[valid]]
+            if done_rows.size:
+                r = np.zeros(done_rows.size, RTT_DTYPE)
+                r["ts_ns"] = ts[done_rows]
+                r["flow_id"] = flow[done_rows]
+                r["kind"] = RTT_KIND_TIMESTAMP
+                r["side"] = direction[done_rows]
+                r["rtt_ns"] = rtt
+                r["frame"] = frame[done_rows]
+                self._rtts.append(r)
+            # Forget echoed values: keep only TSvals sent after the last echoed one.
+            echoed = np.zeros(t.size, bool)
+            echoed[src[valid]] = True
+            t = _after_last_echo(t, echoed)
+        alive = np.concatenate((self.state["flow_id"][self.in_use], uniq_flow))
+        self._tsvals = t[np.isin(t["flow_id"], alive)] if t.size else t
+
+    def _rst_events(self, b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
+                    rev_max_ack, rev_window, ts, frame, own, rev, rev_next, dir_f, fo, at_o):
+        p = b.p
+        prow = o[rst_rows]  # packet rows
+        n_r = rst_rows.size
+        uniq_index = np.searchsorted(uniq_flow, b.flow_id[prow])
+        side = b.direction[prow]
+        r = np.zeros(n_r, RST_DTYPE)
+        r["frame"] = p["frame"][prow]
+        r["ts_ns"] = p["ts_ns"][prow]
+        r["flow_id"] = b.flow_id[prow]
+        for name in ("src_hi", "src_lo", "sport", "dst_hi", "dst_lo", "dport", "ttl", "payload_len"):
+            r[name] = p[name][prow]
+        r["sender_side"] = side
+        r["with_ack"] = (p["flags"][prow] & TH_ACK) != 0
+        established = ((hs["hs_ack_ts"][uniq_index] >= 0)
+                       | init["midstream"][uniq_index]
+                       | ((own("last_data_frame")[rst_rows] > 0) & (rev("last_data_frame")[rst_rows] > 0)))
+        # The receiver's RCV.NXT: the highest ACK it sent, else what the sender sends next.
+        rcv_nxt = np.where(rev_max_ack[rst_rows] > NO_SEQ, rev_max_ack[rst_rows], next_before[rst_rows])
+        window = np.where(rev_window[rst_rows] >= 0, rev_window[rst_rows], 65535)
+        seq = seq_unw[rst_rows]
+        known = established & (rcv_nxt > NO_SEQ)
+        offset = np.where(known, seq - rcv_nxt, 0)
+        cls = np.where(~known, v.SEQ_NO_STATE,
+                       np.where(offset == 0, v.SEQ_EXACT,
+                                np.where((offset > 0) & (offset < window), v.SEQ_IN_WINDOW,
+                                         v.SEQ_OUT_OF_WINDOW)))
+        r["seq_class"] = cls
+        r["seq_offset"] = offset
+        ttl_prev = own("ttl")[rst_rows]
+        r["ttl_known"] = ttl_prev >= 0
+        r["ttl_delta"] = np.where(ttl_prev >= 0, p["ttl"][prow].astype(np.int64) - ttl_prev, 0)
+        ipid_prev = own("ipid")[rst_rows]
+        ipid_now = np.where(p["ip_version"][prow] == 4, p["ip_id"][prow].astype(np.int64), -1)
+        ipid_ok = (ipid_prev >= 0) & (ipid_now >= 0)
+        r["ip_id_known"] = ipid_ok
+        r["ip_id_delta"] = np.where(ipid_ok, ((ipid_now - ipid_prev + 32768) & 0xFFFF) - 32768, 0)
+        t = p["ts_ns"][prow]
+        own_last = own("last_ts")[rst_rows]
+        rev_last = rev("last_ts")[rst_rows]
+        r["idle_sender_ns"] = np.where(own_last >= 0, t - own_last, -1)
+        r["idle_receiver_ns"] = np.where(rev_last >= 0, t - rev_last, -1)
+        first_ts = np.where(init["first_ts"][uniq_index] >= 0, init["first_ts"][uniq_index],
+                            _first_ts_of(b, uniq_flow)[uniq_index])
+        r["age_ns"] = t - first_ts
+        # Outstanding bytes each way at the RST.
+        nxt0 = np.where(side == 0, next_before[rst_rows], rev_next[rst_rows])
+        nxt1 = np.where(side == 1, next_before[rst_rows], rev_next[rst_rows])
+        ack_of0 = np.where(side == 0, rev_max_ack[rst_rows], own("max_ack")[rst_rows])
+        ack_of1 = np.where(side == 1, rev_max_ack[rst_rows], own("max_ack")[rst_rows])
+        out0 = np.where((nxt0 > NO_SEQ) & (ack_of0 > NO_SEQ), np.maximum(nxt0 - ack_of0, 0), 0)
+        out1 = np.where((nxt1 > NO_SEQ) & (ack_of1 > NO_SEQ), np.maximum(nxt1 - ack_of1, 0), 0)
+        r["outstanding"][:, 0] = out0
+        r["outstanding"][:, 1] = out1
+        # Phase.
+        fin_before = (own("fin_seen")[rst_rows] > 0) | (rev("fin_seen")[rst_rows] > 0)
+        first_packet = (p["frame"][prow] == _first_frame_of(b, uniq_flow)[uniq_index]) & (
+            init["first_ts"][uniq_index] < 0)
+        syn_seen = hs["syn_ts"][uniq_index] >= 0
+        synack_seen_before = (hs["synack_frame"][uniq_index] > 0) & (
+            hs["synack_frame"][uniq_index] < p["frame"][prow]) | (init["synack_ts"][uniq_index] >= 0)
+        init_data = np.where(side == 0, own("last_data_frame")[rst_rows], rev("last_data_frame")[rst_rows])
+        resp_data = np.where(side == 1, own("last_data_frame")[rst_rows], rev("last_data_frame")[rst_rows])
+        phase = np.full(n_r, v.PHASE_ESTABLISHED_IDLE, np.int64)
+        phase[(init_data > resp_data)] = v.PHASE_REQUEST_IN_FLIGHT
+        phase[(resp_data > init_data) & (out1 > 0)] = v.PHASE_RESPONSE_IN_FLIGHT
+        phase[~established] = v.PHASE_HANDSHAKE
+        phase[~established & (side == 1) & syn_seen & ~synack_seen_before] = v.PHASE_REFUSED
+        phase[fin_before] = v.PHASE_CLOSING
+        phase[first_packet & ~syn_seen] = v.PHASE_NO_STATE
+        r["phase"] = phase
+        # Index of each RST within its flow.
+        prior = init["rst_count"][uniq_index].sum(axis=1)
+        order = np.lexsort((r["frame"], r["flow_id"]))
+        fl = r["flow_id"][order]
+        grp = np.cumsum(sg.starts_of(fl)) - 1
+        pos_in = np.arange(n_r) - np.maximum.accumulate(np.where(sg.starts_of(fl), np.arange(n_r), 0))
+        idx = np.empty(n_r, np.int64)
+        idx[order] = pos_in + 1
+        del grp
+        r["rst_index"] = prior + idx
+        # Continued: a later non-RST packet from the same sender in this batch.
+        later = _later_from_sender(b, prow)
+        r["continued"] = later
+        base_index = self._rst_rows
+        self._rsts.append(r)
+        self._rst_rows += n_r
+        self.counts.rsts += n_r
+        watch = np.zeros(n_r, _WATCH_DTYPE)
+        watch["flow_id"] = r["flow_id"]
+        watch["direction"] = side
+        watch["row"] = base_index + np.arange(n_r)
+        watch["frame"] = r["frame"]
+        self._rst_watch = np.concatenate((self._rst_watch, watch[~later]))
+
+    def _watch_continuations(self, uniq_flow, dense, direction, rst, frame) -> None:
+        """RSTs from earlier batches whose sender sends again in this one."""
+        if self._rst_watch.size == 0:
+            return
+        key = uniq_flow[dense] * 2 + direction
+        rows = ~rst
+        keys = key[rows]
+        frames = frame[rows]
+        uk, inv = np.unique(keys, return_inverse=True)
+        if uk.size == 0:
+            return
+        last = np.zeros(uk.shape[0], np.int64)
+        np.maximum.at(last, inv, frames)
+        wk = self._rst_watch["flow_id"] * 2 + self._rst_watch["direction"].astype(np.int64)
+        pos_c, hit = _find(uk, wk)
+        hit &= last[pos_c] > self._rst_watch["frame"]
+        if hit.any():
+            self._rst_continued.append(self._rst_watch["row"][hit])
+        self._rst_watch = self._rst_watch[~hit]
+
+    # -- 7. eviction -----------------------------------------------------------------------
+
+    def _evict(self, finish: bool) -> None:
+        st = self.state
+        active = np.flatnonzero(self.in_use & (st["flow_id"] >= 0))
+        if active.size == 0:
+            return
+        s = st[active]
+        if finish:
+            done = np.ones(active.size, bool)
+        else:
+            quiet = self.latest_ts - s["last_ts"]
+            closed = (s["rst_count"].sum(axis=1) > 0) | ((s["fin_ts"] >= 0).all(axis=1))
+            done = (closed & (quiet > self.closed_timeout_ns)) | (quiet > self.idle_timeout_ns)
+        if not done.any():
+            return
+        gone = active[done]
+        self._emit_flows(st[gone])
+        self.in_use[gone] = False
+        keep = ~np.isin(self.sorted_slots, gone)
+        self.sorted_keys = self.sorted_keys[keep]
+        self.sorted_slots = self.sorted_slots[keep]
+        st[gone] = blank_state(gone.size)
+        if finish or self._rst_watch.size:
+            alive = np.isin(self._rst_watch["flow_id"], st["flow_id"][self.in_use])
+            self._rst_watch = self._rst_watch[alive]
+
+    def _emit_flows(self, s: np.ndarray) -> None:
+        rows = np.zeros(s.shape[0], FLOW_DTYPE)
+        rows["flow_id"] = s["flow_id"]
+        ia = s["init_is_a"]
+        rows["initiator_hi"] = np.where(ia, s["a_hi"], s["b_hi"])
+        rows["initiator_lo"] = np.where(ia, s["a_lo"], s["b_lo"])
+        rows["initiator_port"] = np.where(ia, s["a_port"], s["b_port"])
+        rows["responder_hi"] = np.where(ia, s["b_hi"], s["a_hi"])
+        rows["responder_lo"] = np.where(ia, s["b_lo"], s["a_lo"])
+        rows["responder_port"] = np.where(ia, s["b_port"], s["a_port"])
+        for name in ("midstream", "reused", "first_ts", "last_ts", "first_frame", "last_frame",
+                     "syn_ts", "synack_ts", "hs_ack_ts", "packets", "payload_bytes",
+                     "retransmissions", "fast_retransmissions", "spurious_retransmissions",
+                     "out_of_order", "lost_segments", "ack_lost_segments", "duplicate_acks",
+                     "zero_windows", "duplicates", "keep_alives", "wscale", "fin_ts",
+                     "rst_count", "first_rst_ts"):
+            rows[name] = s[name]
+        seen = s["next_seq"] > NO_SEQ
+        rows["seq_bytes"] = np.where(seen, np.maximum(s["next_seq"] - np.maximum(s["min_seq"], 0), 0), 0)
+        rst_any = s["rst_count"].sum(axis=1) > 0
+        fin_both = (s["fin_ts"] >= 0).all(axis=1)
+        fin_one = (s["fin_ts"] >= 0).any(axis=1)
+        established = (s["hs_ack_ts"] >= 0) | s["midstream"] | (s["packets"] > 0).all(axis=1) & (s["synack_ts"] >= 0)
+        refused = rst_any & (s["syn_ts"] >= 0) & (s["synack_ts"] < 0) & (s["rst_count"][:, 1] > 0)
+        state = np.full(s.shape[0], v.FLOW_OPEN, np.uint8)
+        state[fin_one & ~rst_any] = v.FLOW_HALF_CLOSED
+        state[fin_both & ~rst_any] = v.FLOW_CLOSED_FIN
+        state[~established & ~rst_any & (s["syn_ts"] >= 0)] = v.FLOW_HANDSHAKE_ONLY
+        state[rst_any] = v.FLOW_CLOSED_RST
+        state[refused] = v.FLOW_REFUSED
+        rows["state"] = state
+        names, counts = np.unique(state, return_counts=True)
+        for code, count in zip(names.tolist(), counts.tolist(), strict=True):
+            name = v.FLOW_STATE_NAMES[code]
+            self.counts.states[name] = self.counts.states.get(name, 0) + count
+        self._flows.append(rows)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+_PENDING_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("end", np.int64),
+                           ("ts_ns", np.int64), ("frame", np.int64), ("retransmitted", np.bool_)])
+_TSVAL_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("tsval", np.uint32),
+                         ("ts_ns", np.int64), ("frame", np.int64)])
+_WATCH_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("row", np.int64),
+                         ("frame", np.int64)])
+
+
+class _Batch:
+    def __init__(self, packets: np.ndarray, slot: np.ndarray, a_is_src: np.ndarray) -> None:
+        self.p = packets
+        self.slot = slot
+        self.a_is_src = a_is_src
+        self.flow_id = np.empty(0, np.int64)
+        self.reuse = np.empty(0, bool)
+        self.direction = np.empty(0, np.int64)
+        self.new_flow_start = np.empty(0, np.int64)
+
+
+def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each query in a sorted array, and whether it is there."""
+    if sorted_keys.shape[0] == 0:
+        return np.zeros(queries.shape[0], np.int64), np.zeros(queries.shape[0], bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, queries), sorted_keys.shape[0] - 1)
+    return pos, sorted_keys[pos] == queries
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _scale(window: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return np.where(shift >= 0, window << np.maximum(shift, 0), window)
+
+
+def _set_fd(state: np.ndarray, name: str, mask: np.ndarray, values: np.ndarray) -> None:
+    """Assign per-(flow, direction) values where `mask`, for a (nf, 2) state field."""
+    flat = state[name].reshape(-1).copy()
+    flat[mask] = np.asarray(values)[mask] if np.ndim(values) else values
+    state[name] = flat.reshape(state[name].shape)
+
+
+def _compound(flow: np.ndarray, direction: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """One sortable int key for (flow, direction, 32-bit value)."""
+    return (flow.astype(np.int64) << 33) | (direction.astype(np.int64) << 32) | value.astype(np.int64)
+
+
+def _after_last_echo(t: np.ndarray, echoed: np.ndarray) -> np.ndarray:
+    """Per (flow, direction): drop TSvals sent at or before the last one echoed."""
+    key = t["flow_id"] * 2 + t["direction"].astype(np.int64)
+    uk, inv = np.unique(key, return_inverse=True)
+    last_echo = np.zeros(uk.shape[0], np.int64)
+    np.maximum.at(last_echo, inv, np.where(echoed, t["frame"], 0))
+    return t[t["frame"] > last_echo[inv]]
+
+
+def _first_ts_of(b: _Batch, uniq_flow: np.ndarray) -> np.ndarray:
+    out = np.full(uniq_flow.shape[0], np.iinfo(np.int64).max)
+    np.minimum.at(out, np.searchsorted(uniq_flow, b.flow_id), b.p["ts_ns"])
+    return out
+
+
+def _first_frame_of(b: _Batch, uniq_flow: np.ndarray) -> np.ndarray:
+    out = np.full(uniq_flow.shape[0], np.iinfo(np.int64).max)
+    np.minimum.at(out, np.searchsorted(uniq_flow, b.flow_id), b.p["frame"])
+    return out
+
+
+def _later_from_sender(b: _Batch, prow: np.ndarray) -> np.ndarray:
+    """For RST packet rows: does the same sender send a non-RST packet later in the batch?"""
+    key = b.flow_id * 2 + b.direction
+    nonrst = (b.p["flags"] & TH_RST) == 0
+    uk, inv = np.unique(key[nonrst], return_inverse=True)
+    if uk.size == 0:
+        return np.zeros(prow.shape[0], bool)
+    last = np.zeros(uk.shape[0], np.int64)
+    np.maximum.at(last, inv, b.p["frame"][nonrst])
+    pos_c, hit = _find(uk, key[prow])
+    return hit & (last[pos_c] > b.p["frame"][prow])
