@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracer.decode.vocab import linktype_name
+from tracer.flows import FlowTracker
+from tracer.flows import vocab as fv
+from tracer.flows.tables import RTT_KIND_NAMES
 from tracer.packet import TCP_FLAG_NAMES, DecodeCounts
 
 SCHEMA_VERSION = 1
@@ -28,11 +31,13 @@ class CaptureAnalysis:
     first_ts_ns: int | None = None
     last_ts_ns: int | None = None
     filtered_out: int = 0  # TCP segments decoded but outside --filter
+    flows: FlowTracker = field(default_factory=FlowTracker)
 
     def add(self, packets: np.ndarray, counts: DecodeCounts) -> None:
         self.counts.merge(counts)
         if packets.shape[0] == 0:
             return
+        self.flows.add(packets)
         versions, n = np.unique(packets["ip_version"], return_counts=True)
         for version, count in zip(versions.tolist(), n.tolist(), strict=True):
             self.ip_versions[version] = self.ip_versions.get(version, 0) + count
@@ -57,6 +62,7 @@ class CaptureAnalysis:
         duration = (
             (self.last_ts_ns - self.first_ts_ns) / 1e9 if self.first_ts_ns is not None else 0.0
         )
+        self.flows.finish()
         return {
             "path": self.path,
             "engine": self.engine,
@@ -78,4 +84,68 @@ class CaptureAnalysis:
             "first_ts": self.first_ts_ns / 1e9 if self.first_ts_ns is not None else None,
             "last_ts": self.last_ts_ns / 1e9 if self.last_ts_ns is not None else None,
             "duration_s": duration,
+            **flow_summary(self.flows, counts.tcp_packets - self.filtered_out),
         }
+
+
+PERCENTILES = (50, 90, 99)
+
+
+def flow_summary(tracker: FlowTracker, tcp_segments: int) -> dict:
+    """The flow stage's part of a capture's document (see docs/json-schema.md)."""
+    c = tracker.counts
+    states = {name: c.states.get(name, 0) for name in fv.FLOW_STATE_NAMES}
+    flags = {name: c.segment_flags.get(name, 0) for name in fv.SEGMENT_FLAG_NAMES}
+    rsts = tracker.rsts
+    by_side: dict[str, int] = {}
+    by_phase: dict[str, int] = {}
+    by_seq: dict[str, int] = {}
+    for column, names, out in (("sender_side", fv.SIDE_NAMES, by_side),
+                               ("phase", fv.PHASE_NAMES, by_phase),
+                               ("seq_class", fv.SEQ_CLASS_NAMES, by_seq)):
+        values, counts = np.unique(rsts[column], return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            out[names[value]] = count
+    data_segments = max(c.data_segments, 1)
+    return {
+        "flows": {
+            "total": c.flows,
+            "closed_fin": states["closed_fin"],
+            "closed_rst": states["closed_rst"],
+            "refused": states["refused"],
+            "open": states["open"],
+            "half_closed": states["half_closed"],
+            "handshake_only": states["handshake_only"],
+            "midstream": c.midstream,
+            "reused_ports": c.reused,
+        },
+        "rsts": c.rsts,
+        "rsts_by_sender_side": by_side,
+        "rsts_by_phase": by_phase,
+        "rsts_by_seq_class": by_seq,
+        "rsts_with_ack": int(rsts["with_ack"].sum()),
+        "retransmissions": flags["retransmission"],
+        "retransmission_rate": flags["retransmission"] / data_segments if c.data_segments else 0.0,
+        "segment_analysis": flags,
+        "loss": {
+            # A gap before a segment: lost upstream of the capture point.
+            "lost_before_capture": flags["lost_segment"],
+            # An ACK for data the capture never saw: the capture missed it (or it went around).
+            "missed_by_capture": flags["ack_lost_segment"],
+            "capture_duplicates": c.duplicates,
+        },
+        "rtt_ms": rtt_percentiles(tracker.rtts),
+        "tcp_segments_analysed": tcp_segments,
+    }
+
+
+def rtt_percentiles(rtts: np.ndarray) -> dict:
+    """p50/p90/p99 (ms) and sample count per RTT kind."""
+    out = {}
+    for kind, name in enumerate(RTT_KIND_NAMES):
+        values = rtts["rtt_ns"][rtts["kind"] == kind]
+        entry = {"samples": int(values.shape[0])}
+        for pct in PERCENTILES:
+            entry[f"p{pct}"] = (float(np.percentile(values, pct)) / 1e6) if values.size else None
+        out[name] = entry
+    return out

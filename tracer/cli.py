@@ -80,11 +80,14 @@ def main() -> None:
                    "'host 10.0.0.5 and port 443'.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal).")
-def analyze(files, read_files, output_format, output, engine, filter_expr, progress) -> None:
+@click.option("--rsts-csv", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write one CSV row per RST packet to this file.")
+def analyze(files, read_files, output_format, output, engine, filter_expr, progress,
+            rsts_csv) -> None:
     """Analyse capture files (pcap, pcapng, gzip-compressed, or '-' for stdin)."""
     from tracer.filter import compile_filter
     from tracer.pipeline import analyze_native, analyze_pyshark, run
-    from tracer.report import make_document, render_json, render_text
+    from tracer.report import make_document, render_json, render_text, write_rsts_csv
 
     paths = list(read_files) + list(files)
     if not paths:
@@ -95,13 +98,14 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
     try:
         packet_filter = compile_filter(filter_expr) if filter_expr else None
         captures = []
+        rst_tables = []
         partial = False
         for path in paths:
             meter = _Progress(show_progress, "<stdin>" if path == "-" else path)
             analyze_one = analyze_native if engine == "native" else analyze_pyshark
             try:
-                summary = run(analyze_one(path, packet_filter=packet_filter,
-                                          filter_expr=filter_expr, progress=meter))
+                analysis, summary = run(analyze_one(path, packet_filter=packet_filter,
+                                                    filter_expr=filter_expr, progress=meter))
             finally:
                 meter.finish()
             _check_linktypes(summary)
@@ -110,7 +114,10 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
                 click.echo(f"tracer: warning: {summary['path']}: {summary['problem']}; "
                            "the report covers the records before it", err=True)
             captures.append(summary)
+            rst_tables.append((summary["path"], analysis.flows.rsts))
         document = make_document(captures)
+        if rsts_csv:
+            _write_with(rsts_csv, lambda target: write_rsts_csv(target, rst_tables))
         if output_format == "json":
             text = render_json(document)
         else:
@@ -135,6 +142,13 @@ def _check_linktypes(summary: dict) -> None:
             f"{summary['path']}: link type {names} is not supported by the native decoder; "
             "try --engine pyshark"
         )
+
+
+def _write_with(path: str, writer) -> None:
+    try:
+        writer("/dev/stdout" if path == "-" else path)
+    except OSError as exc:
+        raise TracerError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _write(output: str, text: str) -> None:

@@ -88,7 +88,8 @@ async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object]
 
 
 async def analyze_native(path: str, *, packet_filter: Mask | None = None,
-                         filter_expr: str | None = None, progress: Progress | None = None) -> dict:
+                         filter_expr: str | None = None,
+                         progress: Progress | None = None) -> tuple[CaptureAnalysis, dict]:
     with open_capture(path) as reader:
         analysis = CaptureAnalysis(path="<stdin>" if path == "-" else path, engine="native")
 
@@ -99,7 +100,7 @@ async def analyze_native(path: str, *, packet_filter: Mask | None = None,
                 progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
 
         await _consume(reader.batches, handle)
-        return analysis.summary(
+        return analysis, analysis.summary(
             capture_format=reader.format,
             compressed=reader.compressed,
             linktypes=reader.linktypes,
@@ -111,7 +112,8 @@ async def analyze_native(path: str, *, packet_filter: Mask | None = None,
 
 
 async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
-                          filter_expr: str | None = None, progress: Progress | None = None) -> dict:
+                          filter_expr: str | None = None,
+                          progress: Progress | None = None) -> tuple[CaptureAnalysis, dict]:
     from tracer.source.pyshark_engine import read_packets_pyshark
 
     spooled = None
@@ -130,7 +132,7 @@ async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
                 progress(0, None, analysis.counts.frames)
 
         await _consume(lambda: read_packets_pyshark(spooled or path), handle)
-        return analysis.summary(filter_expr=filter_expr)
+        return analysis, analysis.summary(filter_expr=filter_expr)
     finally:
         if spooled:
             os.unlink(spooled)

@@ -7,11 +7,23 @@ terminal, and lines are fitted to the terminal width.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
+import numpy as np
+
 from tracer import __version__
 from tracer.analysis import SCHEMA_VERSION
+from tracer.flows import vocab as fv
+from tracer.packet import format_address
+
+RST_CSV_COLUMNS = (
+    "capture", "frame", "ts", "flow_id", "src", "sport", "dst", "dport", "sender_side", "flags",
+    "seq_class", "seq_offset", "phase", "idle_s", "idle_receiver_s", "age_s", "ttl", "ttl_delta",
+    "ip_id_delta", "continued", "rst_index", "outstanding_initiator", "outstanding_responder",
+    "payload_len",
+)
 
 
 def make_document(captures: list[dict]) -> dict:
@@ -45,7 +57,7 @@ def _pairs(mapping: dict, width: int) -> list[str]:
 def render_text(document: dict, *, colour: bool = False, width: int | None = None) -> str:
     width = width or shutil.get_terminal_size((100, 24)).columns
     width = max(60, min(width, 160))
-    label_w = 20
+    label_w = 26
     body_w = width - label_w - 2
     out: list[str] = []
     for cap in document["captures"]:
@@ -74,9 +86,72 @@ def render_text(document: dict, *, colour: bool = False, width: int | None = Non
         if cap["non_tcp"]:
             row("not TCP", _pairs(cap["non_tcp"], body_w))
         row("anomalies", _pairs(cap["anomalies"], body_w), warn=bool(cap["anomalies"]))
+        if "flows" in cap:
+            fl = cap["flows"]
+            row("flows", _pairs({k: v for k, v in fl.items() if v or k == "total"}, body_w))
+            row("RSTs", f"{cap['rsts']:,}" + (f"  ({cap['rsts_with_ack']:,} with ACK)" if cap["rsts"] else ""))
+            if cap["rsts"]:
+                row("  by sender", _pairs(cap["rsts_by_sender_side"], body_w))
+                row("  by phase", _pairs(cap["rsts_by_phase"], body_w))
+                row("  by seq class", _pairs(cap["rsts_by_seq_class"], body_w))
+            rate = cap["retransmission_rate"] * 100
+            row("retransmissions", f"{cap['retransmissions']:,} ({rate:.2f}% of data segments)",
+                warn=rate >= 1.0)
+            loss = cap["loss"]
+            row("loss", f"{loss['lost_before_capture']:,} gaps before the capture point, "
+                        f"{loss['missed_by_capture']:,} segments missed by the capture, "
+                        f"{loss['capture_duplicates']:,} capture duplicates")
+            for name, entry in cap["rtt_ms"].items():
+                if entry["samples"]:
+                    row(f"RTT {name.replace('_', ' ')}",
+                        f"p50 {entry['p50']:.3f} ms, p90 {entry['p90']:.3f} ms, "
+                        f"p99 {entry['p99']:.3f} ms ({entry['samples']:,} samples)")
         if cap["leftover_bytes"]:
             row("leftover", f"{cap['leftover_bytes']:,} bytes after the last complete record", warn=True)
         if cap.get("problem"):
             row("problem", cap["problem"], warn=True)
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def write_rsts_csv(path: str, captures: list[tuple[str, np.ndarray]]) -> None:
+    """One row per RST packet (see docs/json-schema.md for the columns)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(RST_CSV_COLUMNS)
+        for capture, rows in captures:
+            for r in rows:
+                out.writerow(_rst_row(capture, r))
+
+
+def _seconds(ns: int) -> str:
+    return "" if ns < 0 else f"{ns / 1e9:.6f}"
+
+
+def _rst_row(capture: str, r) -> list:
+    return [
+        capture,
+        int(r["frame"]),
+        f"{int(r['ts_ns']) / 1e9:.9f}",
+        int(r["flow_id"]),
+        format_address(r["src_hi"], r["src_lo"]),
+        int(r["sport"]),
+        format_address(r["dst_hi"], r["dst_lo"]),
+        int(r["dport"]),
+        fv.SIDE_NAMES[int(r["sender_side"])],
+        "RST+ACK" if r["with_ack"] else "RST",
+        fv.SEQ_CLASS_NAMES[int(r["seq_class"])],
+        int(r["seq_offset"]),
+        fv.PHASE_NAMES[int(r["phase"])],
+        _seconds(int(r["idle_sender_ns"])),
+        _seconds(int(r["idle_receiver_ns"])),
+        _seconds(int(r["age_ns"])),
+        int(r["ttl"]),
+        int(r["ttl_delta"]) if r["ttl_known"] else "",
+        int(r["ip_id_delta"]) if r["ip_id_known"] else "",
+        int(bool(r["continued"])),
+        int(r["rst_index"]),
+        int(r["outstanding"][0]),
+        int(r["outstanding"][1]),
+        int(r["payload_len"]),
+    ]

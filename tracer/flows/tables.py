@@ -32,6 +32,8 @@ STATE_DTYPE = np.dtype(
         ("first_frame", np.int64), ("last_frame", np.int64),
         ("syn_ts", np.int64), ("synack_ts", np.int64), ("hs_ack_ts", np.int64),
         ("synack_seq", np.uint32), ("synack_valid", np.bool_),
+        ("syn_count", np.int64), ("synack_count", np.int64),  # SYNs / SYN-ACKs seen
+        ("hs_ambiguous", np.bool_, (2,)),  # Karn: SYN / SYN-ACK resent before its answer
         ("base", np.uint32, (2,)), ("base_valid", np.bool_, (2,)),
         ("seq_last_rel", np.uint32, (2,)), ("seq_last", np.int64, (2,)),
         ("ack_last_rel", np.uint32, (2,)), ("ack_last", np.int64, (2,)),
@@ -42,7 +44,7 @@ STATE_DTYPE = np.dtype(
         ("wscale", np.int8, (2,)),  # window scale shift from the SYN (-1: not seen)
         ("dupacks", np.int64, (2,)),  # current run of duplicate ACKs
         ("last_ack_ts", np.int64, (2,)),
-        ("last_seg_ts", np.int64, (2,)),  # last segment carrying data, SYN or FIN
+        ("next_seq_ts", np.int64, (2,)),  # when next_seq was last raised
         ("dir_first_ts", np.int64, (2,)), ("dir_last_ts", np.int64, (2,)),
         ("last_data_frame", np.int64, (2,)),
         ("packets", np.int64, (2,)), ("payload_bytes", np.int64, (2,)),
@@ -151,7 +153,7 @@ RTT_DTYPE = np.dtype(
 def blank_state(n: int) -> np.ndarray:
     state = np.zeros(n, STATE_DTYPE)
     for name in ("first_ts", "last_ts", "syn_ts", "synack_ts", "hs_ack_ts", "last_ack_ts",
-                 "last_seg_ts", "dir_first_ts", "dir_last_ts", "fin_ts", "first_rst_ts"):
+                 "next_seq_ts", "dir_first_ts", "dir_last_ts", "fin_ts", "first_rst_ts"):
         state[name] = NO_TIME
     for name in ("next_seq", "max_ack"):
         state[name] = NO_SEQ

@@ -227,9 +227,12 @@ class FlowTracker:
         is_syn = (flags[order] & TH_SYN) != 0
         ref = sg.ffill_before(seq, is_syn, seg, init_ref)
         earlier = ~sg.starts_of(seg) | has_state[seg]
-        reuse_sorted = syn_only[order] & earlier & (seq != ref)
-        reuse = np.zeros(n, bool)
-        reuse[order] = reuse_sorted
+        # Wireshark flags any SYN (SYN/ACK too) that disagrees with the sender's reference as
+        # reused ports, but only a SYN without ACK opens a new conversation.
+        reused_sorted = is_syn & earlier & (seq != ref)
+        reused = np.zeros(n, bool)
+        reused[order] = reused_sorted
+        reuse = reused & syn_only
         # Update the references for the next batch: last SYN's seq, else first packet's.
         last_syn = np.maximum.reduceat(np.where(is_syn, np.arange(n), -1),
                                        np.flatnonzero(sg.starts_of(seg)))
@@ -259,6 +262,7 @@ class FlowTracker:
         flow_id[by_slot] = flow_sorted
         b.flow_id = flow_id
         b.reuse = reuse
+        b.reused_flag = reused
         b.new_flow_start = start_rows
 
     # -- 3..6. analysis --------------------------------------------------------------------
@@ -355,7 +359,17 @@ class FlowTracker:
             ack_unw_s[ar] = sg.cumsum_in(_wrap32(arel - prev_arel_row), aseg,
                                          np.where(had, init_fd("ack_last"), 0))
 
-        # Capture duplicates: the same packet as the previous one of the direction.
+        # Flow order (dense flow, frame), and where each flow-direction row sits in it.
+        fo = np.argsort(dense, kind="stable")
+        fseg = dense[fo]
+        inv_o = np.empty(n, np.int64)
+        inv_o[o] = np.arange(n)
+        at_o = inv_o[fo]  # position in flow-direction order of each flow-order row
+        fo_pos = np.empty(n, np.int64)
+        fo_pos[at_o] = np.arange(n)  # position in flow order of each flow-direction row
+
+        # Capture duplicates: the very same packet as the previous one of the flow, with
+        # nothing from the other side in between (a resend follows ACKs or a timer).
         same_prev = ~sg.starts_of(seg)
         dup = np.zeros(n, bool)
         if n > 1:
@@ -367,6 +381,7 @@ class FlowTracker:
             same &= (ps["sack_left"][1:] == ps["sack_left"][:-1]).all(axis=1)
             same &= (ps["sack_right"][1:] == ps["sack_right"][:-1]).all(axis=1)
             same &= np.abs(ps["ts_ns"][1:] - ps["ts_ns"][:-1]) <= DUPLICATE_WINDOW_NS
+            same &= (fo_pos[1:] - fo_pos[:-1]) == 1
             dup[1:] = same & same_prev[1:]
         live = ~dup  # rows that count for sequence analysis
 
@@ -381,15 +396,16 @@ class FlowTracker:
                                 init_fd("last_ack_raw")[seg].astype(np.int64))
         prev_win = np.where(prev_idx >= 0, win_raw[o][np.maximum(prev_idx, 0)],
                             init_fd("last_window")[seg])
-        data_like = live & ((seg_len > 0) | syn_s | fin_s) & ~rst_s
-        last_seg_ts = sg.ffill_before(ts[o], data_like, seg, init_fd("last_seg_ts"))
+        # When the highest sequence end was last raised (Wireshark's nextseqtime).
+        advanced = live & ~rst_s & (end > next_before)
+        next_seq_ts = sg.ffill_before(ts[o], advanced, seg, init_fd("next_seq_ts"))
 
         win_s = win_raw[o]
         pure = ~(syn_s | fin_s | rst_s)
         dupack = (live & (pay_s == 0) & (win_s != 0) & (win_s == prev_win) & has_prev
                   & (seq_unw == next_before) & (ack_raw[o] == prev_ack_raw) & pure & ack_s)
-        # Position in the current run of duplicate ACKs: a live non-duplicate resets it.
-        resets = live & ~dupack
+        # Position in the current run of duplicate ACKs: a new ACK value resets it (Wireshark).
+        resets = live & ~dupack & (~has_prev | (ack_raw[o] != prev_ack_raw))
         last_reset = sg.last_index_before(resets, seg)
         dup_total = sg.cumsum_in(dupack.astype(np.int64), seg, np.zeros(nseg, np.int64))
         dup_count = np.where(
@@ -422,11 +438,6 @@ class FlowTracker:
                                hs["hs_ack_ts"] - hs["syn_ts"], -1)
 
         # The other direction's view at each segment: flow order (dense, frame).
-        fo = np.argsort(dense, kind="stable")
-        fseg = dense[fo]
-        inv_o = np.empty(n, np.int64)
-        inv_o[o] = np.arange(n)
-        at_o = inv_o[fo]  # position in flow-direction order of each flow-order row
         dir_f = direction[fo]
         live_f = live[o][at_o]
         other = {}
@@ -489,12 +500,12 @@ class FlowTracker:
         ack_lost = live & ack_s & (rev_next > NO_SEQ) & (ack_unw_s > rev_next) & ~syn_s
         retrans_like = (live & ((seg_len > 0) | syn_s | fin_s) & has_next & (seq_unw < next_before)
                         & ~keep_alive & ~rst_s)
-        since_seg = ts[o] - last_seg_ts
+        since_raise = ts[o] - next_seq_ts
         ooo_threshold = np.where(initial_rtt[fd_s // 2] > 0, initial_rtt[fd_s // 2],
                                  DEFAULT_OOO_THRESHOLD_NS)
         fast = (retrans_like & (rev_dupacks >= 2) & (rev_last_ack == seq_unw)
                 & ((ts[o] - rev_last_ack_ts) < FAST_RETRANSMISSION_WINDOW_NS))
-        ooo = (retrans_like & ~fast & (last_seg_ts >= 0) & (since_seg < ooo_threshold)
+        ooo = (retrans_like & ~fast & (next_seq_ts >= 0) & (since_raise < ooo_threshold)
                & (next_before != end))
         spurious = (retrans_like & ~fast & ~ooo & (seg_len > 0) & (rev_last_ack > NO_SEQ)
                     & (end <= rev_last_ack))
@@ -507,8 +518,7 @@ class FlowTracker:
                           (spurious, v.A_SPURIOUS_RETRANSMISSION | v.A_RETRANSMISSION),
                           (plain, v.A_RETRANSMISSION), (dup, v.A_DUPLICATE)):
             flags_out[mask] |= bit
-        reuse_s = b.reuse[o]
-        flags_out[reuse_s] |= v.A_REUSED_PORTS
+        flags_out[b.reused_flag[o]] |= v.A_REUSED_PORTS
         for bit, name in enumerate(v.SEGMENT_FLAG_NAMES):
             hits = int(np.count_nonzero(flags_out & (1 << bit)))
             if hits:
@@ -584,9 +594,11 @@ class FlowTracker:
         fin_state["wscale"] = wscale_fd.reshape(nf, 2).astype(np.int8)
         last_dup = sg.last_of(dup_count, seg, nseg, 0)
         _set_fd(fin_state, "dupacks", present, last_dup)
-        lst = np.full(nseg, NO_TIME, np.int64)
-        np.maximum.at(lst, seg, np.where(data_like, ts[o], NO_TIME))
-        fin_state["last_seg_ts"] = np.maximum(init["last_seg_ts"], lst.reshape(nf, 2))
+        raised = np.zeros(nseg, bool)
+        raised[seg[advanced]] = True
+        last_raise = np.full(nseg, -1, np.int64)
+        np.maximum.at(last_raise, seg, np.where(advanced, np.arange(n), -1))
+        _set_fd(fin_state, "next_seq_ts", raised, ts[o][np.maximum(last_raise, 0)])
         firsts_ts = sg.first_of(ts[o], seg, nseg, NO_TIME)
         dft = fin_state["dir_first_ts"].reshape(-1)
         dft[present & (dft < 0)] = firsts_ts[present & (dft < 0)]
@@ -632,7 +644,8 @@ class FlowTracker:
                 p["ttl"][o][np.maximum(last_nonrst, 0)].astype(np.int16))
         ipid = np.where(p["ip_version"][o] == 4, p["ip_id"][o].astype(np.int64), -1)
         _set_fd(fin_state, "ipid_last", has_ttl, ipid[np.maximum(last_nonrst, 0)].astype(np.int32))
-        for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid"):
+        for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid",
+                     "syn_count", "synack_count", "hs_ambiguous"):
             fin_state[name] = hs[name]
         fft = np.full(nf, np.iinfo(np.int64).max)
         np.minimum.at(fft, dense, ts)
@@ -684,8 +697,11 @@ class FlowTracker:
         """First SYN (initiator), SYN/ACK (responder) and the ACK completing the handshake."""
         hs = np.zeros(nf, [("syn_ts", np.int64), ("synack_ts", np.int64), ("hs_ack_ts", np.int64),
                            ("synack_seq", np.uint32), ("synack_valid", np.bool_),
-                           ("syn_frame", np.int64), ("synack_frame", np.int64)])
-        for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid"):
+                           ("syn_frame", np.int64), ("synack_frame", np.int64),
+                           ("syn_count", np.int64), ("synack_count", np.int64),
+                           ("hs_ambiguous", np.bool_, (2,))])
+        for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid",
+                     "syn_count", "synack_count", "hs_ambiguous"):
             hs[name] = init[name]
         big = np.iinfo(np.int64).max
         syn_rows = syn & ~ackf & (direction == 0)
@@ -706,6 +722,15 @@ class FlowTracker:
                 new_sa = got & ~hs["synack_valid"]
                 hs["synack_seq"][new_sa] = s[new_sa]
                 hs["synack_valid"] |= new_sa
+        # Karn's rule for the handshake: a SYN resent before the SYN/ACK (or a SYN/ACK resent
+        # before the ACK) makes that half of the handshake RTT ambiguous.
+        syn_before_sa = np.zeros(nf, np.int64)
+        sa_frame = np.where(hs["synack_frame"] > 0, hs["synack_frame"], big)
+        np.add.at(syn_before_sa, dense[syn_rows], (frame[syn_rows] < sa_frame[dense[syn_rows]]).astype(np.int64))
+        new_sa = (hs["synack_frame"] > 0) & (init["synack_ts"] < 0)
+        hs["hs_ambiguous"][:, 1] |= new_sa & ((init["syn_count"] + syn_before_sa) > 1)
+        hs["syn_count"] += np.bincount(dense[syn_rows], minlength=nf)
+        hs["synack_count"] += np.bincount(dense[sa_rows], minlength=nf)
         completing = (~syn & ackf & ~rst & (direction == 0)
                       & hs["synack_valid"][dense]
                       & (ack_raw == ((hs["synack_seq"][dense].astype(np.int64) + 1) & MASK32)))
@@ -717,11 +742,17 @@ class FlowTracker:
         t[got] = ts[pos]
         need = got & (hs["hs_ack_ts"] < 0) & (hs["synack_ts"] >= 0)
         hs["hs_ack_ts"][need] = t[need]
+        sa_before_ack = np.zeros(nf, np.int64)
+        ack_frame = np.where(got, first, big)
+        np.add.at(sa_before_ack, dense[sa_rows], (frame[sa_rows] < ack_frame[dense[sa_rows]]).astype(np.int64))
+        hs["hs_ambiguous"][:, 0] |= need & ((init["synack_count"] + sa_before_ack) > 1)
         return hs
 
     def _handshake_rtt(self, hs, uniq_flow, init) -> None:
-        new_resp = (hs["synack_ts"] >= 0) & (init["synack_ts"] < 0) & (hs["syn_ts"] >= 0)
-        new_init = (hs["hs_ack_ts"] >= 0) & (init["hs_ack_ts"] < 0) & (hs["synack_ts"] >= 0)
+        new_resp = ((hs["synack_ts"] >= 0) & (init["synack_ts"] < 0) & (hs["syn_ts"] >= 0)
+                    & ~hs["hs_ambiguous"][:, 1])
+        new_init = ((hs["hs_ack_ts"] >= 0) & (init["hs_ack_ts"] < 0) & (hs["synack_ts"] >= 0)
+                    & ~hs["hs_ambiguous"][:, 0])
         rows = []
         for mask, kind, side, start, stop in (
             (new_resp, RTT_KIND_HANDSHAKE_RESPONDER, 1, "syn_ts", "synack_ts"),
@@ -1087,7 +1118,8 @@ class _Batch:
         self.slot = slot
         self.a_is_src = a_is_src
         self.flow_id = np.empty(0, np.int64)
-        self.reuse = np.empty(0, bool)
+        self.reuse = np.empty(0, bool)  # SYNs that start a new flow on a known 4-tuple
+        self.reused_flag = np.empty(0, bool)  # SYNs Wireshark marks as reused ports
         self.direction = np.empty(0, np.int64)
         self.new_flow_start = np.empty(0, np.int64)
 
