@@ -58,6 +58,8 @@ STATE_DTYPE = np.dtype(
         ("ttl_last", np.int16, (2,)),  # TTL/hop limit of the last non-RST packet (-1: none)
         ("ipid_last", np.int32, (2,)),  # IPv4 ID of the last non-RST packet (-1: none)
         ("min_seq", np.int64, (2,)),  # lowest sequence sent (for bytes implied by seq numbers)
+        ("last_fp", np.uint64),  # fingerprint of the flow's last packet (capture duplicates)
+        ("last_dir", np.int8),  # its direction (-1: none yet)
     ]
 )
 
@@ -163,4 +165,5 @@ def blank_state(n: int) -> np.ndarray:
     state["ttl_last"] = -1
     state["ipid_last"] = -1
     state["flow_id"] = -1
+    state["last_dir"] = -1
     return state

@@ -61,7 +61,7 @@ FAST_RETRANSMISSION_WINDOW_NS = 20_000_000  # Wireshark: within 20 ms of the las
 DEFAULT_OOO_THRESHOLD_NS = 3_000_000  # Wireshark: 3 ms when no initial RTT is known
 # The same packet seen twice within this is a capture duplicate (two interfaces, `any`): copies
 # carry the same timestamp to the microsecond, while a real resend waits for a timer or ACKs.
-DUPLICATE_WINDOW_NS = 100_000
+DUPLICATE_WINDOW_NS = 50_000
 MAX_WSCALE = 14  # RFC 7323: larger shifts are treated as 14
 
 
@@ -369,20 +369,22 @@ class FlowTracker:
         fo_pos[at_o] = np.arange(n)  # position in flow order of each flow-direction row
 
         # Capture duplicates: the very same packet as the previous one of the flow, with
-        # nothing from the other side in between (a resend follows ACKs or a timer).
-        same_prev = ~sg.starts_of(seg)
-        dup = np.zeros(n, bool)
-        if n > 1:
-            ps = p[o]
-            same = np.ones(n - 1, bool)
-            for name in ("seq", "ack", "flags", "window", "payload_len", "ip_id", "ttl", "wirelen",
-                         "opt_present", "tsval", "tsecr", "sack_count"):
-                same &= ps[name][1:] == ps[name][:-1]
-            same &= (ps["sack_left"][1:] == ps["sack_left"][:-1]).all(axis=1)
-            same &= (ps["sack_right"][1:] == ps["sack_right"][:-1]).all(axis=1)
-            same &= np.abs(ps["ts_ns"][1:] - ps["ts_ns"][:-1]) <= DUPLICATE_WINDOW_NS
-            same &= (fo_pos[1:] - fo_pos[:-1]) == 1
-            dup[1:] = same & same_prev[1:]
+        # nothing from the other side in between (a resend follows ACKs or a timer). The
+        # flow's last packet of the previous batch is remembered by its fingerprint.
+        fp = _fingerprint(p)
+        fp_f, dir_fo, ts_f = fp[fo], direction[fo], ts[fo]
+        first_f = sg.starts_of(fseg)
+        prev_fp = np.empty(n, np.uint64)
+        prev_dir = np.empty(n, np.int64)
+        prev_ts = np.empty(n, np.int64)
+        prev_fp[1:], prev_dir[1:], prev_ts[1:] = fp_f[:-1], dir_fo[:-1], ts_f[:-1]
+        prev_fp[first_f] = init["last_fp"][fseg[first_f]]
+        prev_dir[first_f] = init["last_dir"][fseg[first_f]]
+        prev_ts[first_f] = init["last_ts"][fseg[first_f]]
+        dup_f = ((prev_dir == dir_fo) & (prev_fp == fp_f)
+                 & (np.abs(ts_f - prev_ts) <= DUPLICATE_WINDOW_NS))
+        dup = np.empty(n, bool)
+        dup[at_o] = dup_f
         live = ~dup  # rows that count for sequence analysis
 
         # Highest sequence end seen before each segment (this direction).
@@ -439,7 +441,7 @@ class FlowTracker:
 
         # The other direction's view at each segment: flow order (dense, frame).
         dir_f = direction[fo]
-        live_f = live[o][at_o]
+        live_f = live[at_o]
         other = {}
         for d in (0, 1):
             mine = dir_f == d
@@ -529,10 +531,12 @@ class FlowTracker:
         # RTT samples.
         own_max_ack = sg.exclusive_max(np.where(live & ack_s, ack_unw_s, NO_SEQ), seg,
                                        init_fd("max_ack"))
-        ack_rtt = self._data_rtt(uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, seg_len,
+        ack_rtt = self._data_rtt(uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, pay_s,
                                  rst_s, retrans_like, ts, frame, own_max_ack)
         self._handshake_rtt(hs, uniq_flow, init)
-        self._timestamp_rtt(b, uniq_flow, dense, direction, live, ts, frame)
+        live_p = np.empty(n, bool)
+        live_p[o] = live  # packet order
+        self._timestamp_rtt(b, uniq_flow, dense, direction, live_p, ts, frame)
 
         # RST events.
         rst_rows = np.flatnonzero(rst_s & live)
@@ -551,7 +555,7 @@ class FlowTracker:
             rows["seq"] = seq_unw
             rows["next_seq"] = seq_unw + seg_len
             rows["ack"] = ack_unw_s
-            rows["window"] = np.where(shift_row >= 0, win_scaled, -1)
+            rows["window"] = np.where(syn_s | (shift_row >= 0), win_scaled, -1)  # SYNs: unscaled
             rows["window_raw"] = win_s
             rows["ack_rtt_ns"] = ack_rtt
             rows["dupack_count"] = dup_count
@@ -647,6 +651,10 @@ class FlowTracker:
         for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid",
                      "syn_count", "synack_count", "hs_ambiguous"):
             fin_state[name] = hs[name]
+        last_f = np.ones(n, bool)
+        last_f[:-1] = fseg[1:] != fseg[:-1]
+        fin_state["last_fp"][fseg[last_f]] = fp_f[last_f]
+        fin_state["last_dir"][fseg[last_f]] = dir_fo[last_f]
         fft = np.full(nf, np.iinfo(np.int64).max)
         np.minimum.at(fft, dense, ts)
         fin_state["first_ts"] = np.where(fin_state["first_ts"] >= 0, fin_state["first_ts"], fft)
@@ -770,14 +778,16 @@ class FlowTracker:
         if rows:
             self._rtts.append(np.concatenate(rows))
 
-    def _data_rtt(self, uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, seg_len, rst_s,
+    def _data_rtt(self, uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, payload, rst_s,
                   retrans_like, ts, frame, own_max_ack):
         """Data RTT: segment -> first ACK acknowledging exactly its end (Karn's rule)."""
         n = o.shape[0]
         ack_rtt = np.full(n, -1, np.int64)
         flow_of = uniq_flow[fd_s // 2]
         direction = fd_s % 2
-        data = live & (seg_len > 0) & ~rst_s
+        # Payload only: the handshake has its own samples, and a FIN's ACK often waits for the
+        # other application's close.
+        data = live & (payload > 0) & ~rst_s
         new = np.zeros(int(data.sum()), _PENDING_DTYPE)
         new["flow_id"] = flow_of[data]
         new["direction"] = direction[data]
@@ -809,12 +819,27 @@ class FlowTracker:
             data_idx = order[prev[query_pos][matched]]
             q_idx = order[query_pos[matched]] - pending.size
             good = ~pending["retransmitted"][data_idx]
-            # Karn: also no sample if any transmission of this end was a retransmission.
-            retx_any = np.zeros(order.size, bool)
-            retx_any[is_data[order]] = pending["retransmitted"][order[is_data[order]]]
-            retx_group = np.zeros(int(gseg[-1]) + 1, bool)
-            np.logical_or.at(retx_group, gseg, retx_any)
-            good &= ~retx_group[gseg[query_pos[matched]]]
+            # Karn, for cumulative ACKs: no sample from an ACK that also covers resent data,
+            # since it may answer the resend and its delay includes the recovery.
+            resent = pending[pending["retransmitted"]]
+            if resent.size:
+                keys = _range_key(resent["flow_id"], resent["direction"], resent["end"])
+                by_key = np.argsort(keys, kind="stable")
+                rk, rframe = keys[by_key], resent["frame"][by_key]
+                qrows = q_idx
+                qflow, qdir = qf[qrows], qd[qrows]
+                lo_key = _range_key(qflow, qdir, own_max_ack[qi][qrows])
+                hi_key = _range_key(qflow, qdir, qe[qrows])
+                first = np.searchsorted(rk, lo_key, "right")
+                last = np.searchsorted(rk, hi_key, "right")
+                ack_frames = frame[o][qi][qrows]
+                # Only resends sent before the ACK count; ranges holding one are rare (one per
+                # recovery episode), so they are checked one by one.
+                for k in np.flatnonzero(last > first):
+                    if (rframe[first[k]:last[k]] < ack_frames[k]).any():
+                        good[k] = False
+            # Karn: the latest sending before the ACK must be the only one; a resend of the same
+            # range comes later than its original, so checking the latest is enough.
             rows_q = qi[q_idx[good]]
             rtt = ts[o][rows_q] - pending["ts_ns"][data_idx[good]]
             ack_rtt[rows_q] = rtt
@@ -903,8 +928,10 @@ class FlowTracker:
             pos_c, hit = _find(comp_t[sort_t], comp_e)
             src = sort_t[pos_c[hit]]
             valid = t["frame"][src] < frame[er[hit]]
-            done_rows = er[hit][valid]
-            rtt = ts[done_rows] - t["ts_ns"][src[valid]]
+            # A value echoed before (in an earlier batch) gives no second sample.
+            fresh = valid & ~t["echoed"][src]
+            done_rows = er[hit][fresh]
+            rtt = ts[done_rows] - t["ts_ns"][src[fresh]]
             if done_rows.size:
                 r = np.zeros(done_rows.size, RTT_DTYPE)
                 r["ts_ns"] = ts[done_rows]
@@ -914,10 +941,10 @@ class FlowTracker:
                 r["rtt_ns"] = rtt
                 r["frame"] = frame[done_rows]
                 self._rtts.append(r)
-            # Forget echoed values: keep only TSvals sent after the last echoed one.
-            echoed = np.zeros(t.size, bool)
-            echoed[src[valid]] = True
-            t = _after_last_echo(t, echoed)
+            # Forget what is older than the last echoed value; keep that one, marked, so a
+            # later echo of it is recognised as a repeat.
+            t["echoed"][src[valid]] = True
+            t = _after_last_echo(t, t["echoed"])
         alive = np.concatenate((self.state["flow_id"][self.in_use], uniq_flow))
         self._tsvals = t[np.isin(t["flow_id"], alive)] if t.size else t
 
@@ -993,6 +1020,8 @@ class FlowTracker:
         phase[fin_before] = v.PHASE_CLOSING
         phase[first_packet & ~syn_seen] = v.PHASE_NO_STATE
         r["phase"] = phase
+        order_frame = np.argsort(r["frame"], kind="stable")
+        r, prow, side, rst_rows = r[order_frame], prow[order_frame], side[order_frame], rst_rows[order_frame]
         # Index of each RST within its flow.
         prior = init["rst_count"][uniq_index].sum(axis=1)
         order = np.lexsort((r["frame"], r["flow_id"]))
@@ -1107,7 +1136,7 @@ class FlowTracker:
 _PENDING_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("end", np.int64),
                            ("ts_ns", np.int64), ("frame", np.int64), ("retransmitted", np.bool_)])
 _TSVAL_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("tsval", np.uint32),
-                         ("ts_ns", np.int64), ("frame", np.int64)])
+                         ("ts_ns", np.int64), ("frame", np.int64), ("echoed", np.bool_)])
 _WATCH_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("row", np.int64),
                          ("frame", np.int64)])
 
@@ -1122,6 +1151,16 @@ class _Batch:
         self.reused_flag = np.empty(0, bool)  # SYNs Wireshark marks as reused ports
         self.direction = np.empty(0, np.int64)
         self.new_flow_start = np.empty(0, np.int64)
+
+
+def _fingerprint(p: np.ndarray) -> np.ndarray:
+    """A hash of every header field a resend would change (not the capture time)."""
+    columns = [p[name] for name in ("seq", "ack", "flags", "window", "payload_len", "ip_id",
+                                    "ttl", "wirelen", "opt_present", "tsval", "tsecr",
+                                    "sack_count")]
+    columns += [p["sack_left"][:, i] for i in range(p["sack_left"].shape[1])]
+    columns += [p["sack_right"][:, i] for i in range(p["sack_right"].shape[1])]
+    return _hash(*columns)
 
 
 def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1147,18 +1186,24 @@ def _set_fd(state: np.ndarray, name: str, mask: np.ndarray, values: np.ndarray) 
     state[name] = flat.reshape(state[name].shape)
 
 
+def _range_key(flow: np.ndarray, direction: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Sortable key for (flow, direction, unwrapped sequence); sequences clipped to +-2**39."""
+    bounded = np.clip(seq, -(2**39), 2**39 - 1) + 2**39
+    return (((flow.astype(np.int64) << 1) | direction.astype(np.int64)) << 40) | bounded
+
+
 def _compound(flow: np.ndarray, direction: np.ndarray, value: np.ndarray) -> np.ndarray:
     """One sortable int key for (flow, direction, 32-bit value)."""
     return (flow.astype(np.int64) << 33) | (direction.astype(np.int64) << 32) | value.astype(np.int64)
 
 
 def _after_last_echo(t: np.ndarray, echoed: np.ndarray) -> np.ndarray:
-    """Per (flow, direction): drop TSvals sent at or before the last one echoed."""
+    """Per (flow, direction): drop TSvals sent before the last one echoed."""
     key = t["flow_id"] * 2 + t["direction"].astype(np.int64)
     uk, inv = np.unique(key, return_inverse=True)
     last_echo = np.zeros(uk.shape[0], np.int64)
     np.maximum.at(last_echo, inv, np.where(echoed, t["frame"], 0))
-    return t[t["frame"] > last_echo[inv]]
+    return t[t["frame"] >= last_echo[inv]]
 
 
 def _first_ts_of(b: _Batch, uniq_flow: np.ndarray) -> np.ndarray:
