@@ -127,6 +127,7 @@ class FlowTracker:
         self._rst_rows = 0
         self._rst_continued: list[np.ndarray] = []  # indices of RST rows found continued
         self.latest_ts = NO_TIME
+        self._last_eviction_ts = NO_TIME
 
     # -- public ----------------------------------------------------------------------------
 
@@ -509,7 +510,7 @@ class FlowTracker:
                 & ((ts[o] - rev_last_ack_ts) < FAST_RETRANSMISSION_WINDOW_NS))
         ooo = (retrans_like & ~fast & (next_seq_ts >= 0) & (since_raise < ooo_threshold)
                & (next_before != end))
-        spurious = (retrans_like & ~fast & ~ooo & (seg_len > 0) & (rev_last_ack > NO_SEQ)
+        spurious = (retrans_like & ~fast & ~ooo & (pay_s > 0) & (rev_last_ack > NO_SEQ)
                     & (end <= rev_last_ack))
         plain = retrans_like & ~fast & ~ooo & ~spurious
         for mask, bit in ((zero_window, v.A_ZERO_WINDOW), (lost, v.A_LOST_SEGMENT),
@@ -903,13 +904,14 @@ class FlowTracker:
         new["ts_ns"] = ts[rows]
         new["frame"] = frame[rows]
         table = np.concatenate((self._tsvals, new))
-        # First sending of each (flow, direction, tsval).
-        order = np.lexsort((table["frame"], table["tsval"], table["direction"], table["flow_id"]))
-        t = table[order]
+        # First sending of each (flow, direction, tsval): a stable sort on one key keeps the
+        # carried (older) entries and then capture order first among equals.
+        keys = _compound(table["flow_id"], table["direction"], table["tsval"])
+        order = np.argsort(keys, kind="stable")
+        t, keys = table[order], keys[order]
         first = np.ones(t.size, bool)
-        first[1:] = ((t["flow_id"][1:] != t["flow_id"][:-1]) | (t["direction"][1:] != t["direction"][:-1])
-                     | (t["tsval"][1:] != t["tsval"][:-1]))
-        t = t[first]
+        first[1:] = keys[1:] != keys[:-1]
+        t, comp_t = t[first], keys[first]
         # Echoes: a segment with ACK whose TSecr differs from the previous one of its direction.
         echo = has_ts & ((p["flags"] & TH_ACK) != 0) & (p["tsecr"] != 0)
         er = np.flatnonzero(echo)
@@ -922,11 +924,9 @@ class FlowTracker:
                       | (ekey_v[eo][1:] != ekey_v[eo][:-1]))
             er = er[eo[ef]]
             ekey_f, ekey_d, ekey_v = flow[er], direction[er] ^ 1, p["tsecr"][er]
-            comp_t = _compound(t["flow_id"], t["direction"].astype(np.int64), t["tsval"].astype(np.int64))
-            comp_e = _compound(ekey_f, ekey_d, ekey_v.astype(np.int64))
-            sort_t = np.argsort(comp_t, kind="stable")
-            pos_c, hit = _find(comp_t[sort_t], comp_e)
-            src = sort_t[pos_c[hit]]
+            comp_e = _compound(ekey_f, ekey_d, ekey_v)
+            pos_c, hit = _find(comp_t, comp_e)
+            src = pos_c[hit]
             valid = t["frame"][src] < frame[er[hit]]
             # A value echoed before (in an earlier batch) gives no second sample.
             fresh = valid & ~t["echoed"][src]
@@ -1070,15 +1070,22 @@ class FlowTracker:
 
     def _evict(self, finish: bool) -> None:
         st = self.state
+        if not finish:
+            # Timeouts are in seconds; looking again before a tenth of the shortest has passed
+            # finds nothing new worth the scan of every active flow.
+            step = min(self.closed_timeout_ns, self.idle_timeout_ns) // 10
+            if self.latest_ts - self._last_eviction_ts < step:
+                return
+            self._last_eviction_ts = self.latest_ts
         active = np.flatnonzero(self.in_use & (st["flow_id"] >= 0))
         if active.size == 0:
             return
-        s = st[active]
         if finish:
             done = np.ones(active.size, bool)
         else:
-            quiet = self.latest_ts - s["last_ts"]
-            closed = (s["rst_count"].sum(axis=1) > 0) | ((s["fin_ts"] >= 0).all(axis=1))
+            quiet = self.latest_ts - st["last_ts"][active]
+            closed = ((st["rst_count"][active].sum(axis=1) > 0)
+                      | (st["fin_ts"][active] >= 0).all(axis=1))
             done = (closed & (quiet > self.closed_timeout_ns)) | (quiet > self.idle_timeout_ns)
         if not done.any():
             return
