@@ -1,0 +1,114 @@
+"""The flow stage against tshark's TCP analysis, frame by frame, on every capture we have.
+
+Flow ids must equal tshark's tcp.stream everywhere. For the per-segment analysis flags
+(tcp.analysis.*) every disagreement is either fixed or listed in KNOWN_DIFFERENCES with its
+reason; the test fails on any other disagreement *and* on a listed one that went away, so the
+list stays true.
+
+Reasons used below:
+- COPY: the capture holds the same packet twice (frames identical to the microsecond, nothing
+  in between). tshark calls the copy a retransmission (or a duplicate ACK, and what follows a
+  fast retransmission); tracer calls it a capture duplicate and keeps it out of loss counts.
+  Everything tshark then derives from the copies in that flow differs too.
+- GAP: an ACK covering a hole the capture never saw (the "previous segment not captured"
+  before it was delivered after all). tshark calls the ACK "ACKed unseen segment" (it compares
+  with `maxseqtobeacked`, which it moves only now and then); tracer only flags ACKs beyond the
+  highest sequence the other side has sent, and counts the hole as a gap.
+- OOO: tshark 4.0.17 labels these resends spurious (or plain) although they arrive within the
+  flow's initial RTT of the segment that last raised the highest sequence, which is its own
+  out-of-order rule; tracer applies the rule.
+- FINREPEAT: a FIN sent again with each ACK (reassembly.pcap's server): tshark's fast
+  retransmission test counts the peer's earlier ACKs as duplicates; tracer sees no dup ACKs.
+- CRAFTED: hand-made segments with every flag set at once, where neither tool's rules are
+  meaningful.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import bundled_captures, corpus_captures
+from flow_oracle import tshark_flow_analysis
+from test_decode_oracle import decode_file
+
+from tracer.flows import FlowTracker
+from tracer.flows import vocab as v
+
+FLAGS = ("retransmission", "fast_retransmission", "spurious_retransmission", "out_of_order",
+         "lost_segment", "ack_lost_segment", "duplicate_ack", "zero_window", "window_full",
+         "keep_alive", "reused_ports")
+
+OOO_FRAMES = [582, 654, 657, 663, 676, 681]
+CRAFTED = {
+    "lost_segment": ("CRAFTED", [15]),
+    "ack_lost_segment": ("CRAFTED", [20]),
+    "reused_ports": ("CRAFTED", [14]),
+}
+KNOWN_DIFFERENCES: dict[str, dict[str, tuple[str, list[int]]]] = {
+    "netns-eth-loss.pcapng": {
+        "retransmission": ("OOO", OOO_FRAMES),
+        "spurious_retransmission": ("OOO", OOO_FRAMES),
+        "out_of_order": ("OOO", OOO_FRAMES),
+    },
+    "synth-tcp-options.pcap": CRAFTED,
+    "synth-tcp-options.pcap.gz": CRAFTED,
+    "miss_end_data.pcap": {"ack_lost_segment": ("GAP", [7])},
+    "reassembly.pcap": {
+        "fast_retransmission": ("FINREPEAT", [8, 10, 12]),
+        "ack_lost_segment": ("GAP", [10, 70, 78, 88, 105, 107]),
+    },
+}
+
+
+def our_segments(path) -> np.ndarray:
+    packets, _, _ = decode_file(path)
+    tracker = FlowTracker(keep_segments=True)
+    tracker.add(packets)
+    tracker.finish()
+    return tracker.segments
+
+
+def disagreements(path) -> tuple[dict[str, list[int]], list[int]]:
+    """Per flag, the frames where tracer and tshark disagree, leaving out capture copies (COPY:
+    a frame tracer marks as a duplicate, which tshark labels from its own rules)."""
+    ours = our_segments(path)
+    theirs = tshark_flow_analysis(path)
+    common, oi, ti = np.intersect1d(ours["frame"], theirs["frame"], return_indices=True)
+    a, b = ours[oi], theirs[ti]
+    stream_mismatch = common[a["flow_id"] != b["stream"]].tolist()
+    copy = (a["flags"] & v.A_DUPLICATE) != 0
+    out = {}
+    for name in FLAGS:
+        bit = 1 << v.SEGMENT_FLAG_NAMES.index(name)
+        mine = (a["flags"] & bit) != 0
+        differ = common[(mine != b[name]) & ~copy]
+        if differ.size:
+            out[name] = differ.tolist()
+    return out, stream_mismatch
+
+
+COPY_CAPTURES = {"ssh-dups.pcap": 280, "ctu-64702-888.pcap": 7}
+
+
+@pytest.mark.parametrize("name", sorted(COPY_CAPTURES))
+def test_capture_copies_are_what_tshark_calls_retransmissions(name):
+    """COPY: in captures holding every packet twice (or four times), each copy tracer sets
+    aside is a frame tshark labels retransmission, duplicate ACK or out-of-order."""
+    from conftest import CORPUS
+
+    path = CORPUS / "zeek-tcp" / name
+    ours = our_segments(path)
+    theirs = tshark_flow_analysis(path)
+    copies = ours["frame"][(ours["flags"] & v.A_DUPLICATE) != 0]
+    assert copies.size == COPY_CAPTURES[name]
+    labelled = theirs["frame"][theirs["retransmission"] | theirs["duplicate_ack"]
+                               | theirs["out_of_order"] | theirs["fast_retransmission"]]
+    assert np.isin(copies, labelled).all()
+
+
+@pytest.mark.parametrize("path", bundled_captures() + corpus_captures(), ids=lambda p: p.name)
+def test_flows_agree_with_tshark(path):
+    got, stream_mismatch = disagreements(path)
+    assert stream_mismatch == []
+    known = {flag: frames for flag, (_, frames) in KNOWN_DIFFERENCES.get(path.name, {}).items()}
+    assert got == known
