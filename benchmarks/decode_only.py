@@ -1,4 +1,5 @@
-# Source + decode of one capture, nothing else, timed: the tracer side of bench_decode.
+# Source + decode (and with --flows the flow stage) of one capture, timed: the tracer side of
+# bench_decode.
 #
 # Rules:
 # - Runs the public stage APIs exactly as the pipeline does (open_capture -> batches ->
@@ -30,9 +31,12 @@ def _memory_kb() -> dict[str, int]:
     }
 
 
-def decode_file(path: str) -> dict[str, float | int | None]:
+def decode_file(path: str, *, flows: bool = False) -> dict[str, float | int | None]:
     from tracer.decode import decode_frames
+    from tracer.flows import FlowTracker
     from tracer.source import open_capture
+
+    tracker = FlowTracker() if flows else None
 
     frames = tcp_packets = batches = 0
     # mapped file pages count in RSS but are the page cache's, not ours: anonymous memory is
@@ -42,14 +46,19 @@ def decode_file(path: str) -> dict[str, float | int | None]:
     with open_capture(path) as reader:
         for batch in reader.batches():
             packets, counts = decode_frames(batch)
+            if tracker is not None:
+                tracker.add(packets)
             frames += counts.frames
             tcp_packets += len(packets)
             batches += 1
             del batch, packets
             peak_anon_kb = max(peak_anon_kb, _memory_kb().get("RssAnon", 0))
+    if tracker is not None:
+        tracker.finish()
     seconds = time.perf_counter() - started
     memory = _memory_kb()
     return {
+        "stages": "source+decode+flows" if flows else "source+decode",
         "packets": frames,
         "tcp_packets": tcp_packets,
         "batches": batches,
@@ -66,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Read and decode a capture with tracer; print one JSON line.",
     )
     parser.add_argument("file")
+    parser.add_argument("--flows", action="store_true",
+                        help="also run the flow stage (decode + flows end to end)")
     args = parser.parse_args(argv)
-    print(json.dumps(decode_file(args.file)))
+    print(json.dumps(decode_file(args.file, flows=args.flows)))
     return 0
 
 
