@@ -301,6 +301,18 @@ def test_closed_flows_are_evicted_so_state_stays_small():
     assert tracker.flows.shape[0] == 200 and int(tracker.in_use.sum()) == 0
 
 
+def test_hash_collisions_are_counted_not_merged_silently(monkeypatch):
+    import tracer.flows.tracker as tracker_module
+
+    monkeypatch.setattr(tracker_module, "_hash", lambda *cols: np.zeros(cols[0].shape, np.uint64))
+    first = handshake(Flow(cport=1111)).packets()
+    second = handshake(Flow(cport=2222)).packets()
+    t = FlowTracker()
+    t.add(first)
+    t.add(second)
+    assert t.counts.hash_collisions == 3
+
+
 REAL = [CAPTURES / "demo-basic.pcapng", CAPTURES / "netns-eth-loss.pcapng",
         CAPTURES / "lo-ipv4-ipv6.pcapng", CORPUS / "zeek-tcp" / "ssh-dups.pcap",
         CORPUS / "zeek-tcp" / "reassembly.pcap"]

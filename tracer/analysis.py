@@ -118,6 +118,7 @@ def flow_summary(tracker: FlowTracker, tcp_segments: int) -> dict:
             "handshake_only": states["handshake_only"],
             "midstream": c.midstream,
             "reused_ports": c.reused,
+            "hash_collisions": c.hash_collisions,
         },
         "rsts": c.rsts,
         "rsts_by_sender_side": by_side,

@@ -94,6 +94,7 @@ class FlowCounts:
     rsts: int = 0
     duplicates: int = 0
     data_segments: int = 0  # segments carrying payload (duplicates excluded)
+    hash_collisions: int = 0  # packets whose 4-tuple hashed like another active flow's
 
 
 class FlowTracker:
@@ -191,7 +192,18 @@ class FlowTracker:
             slots = np.concatenate((self.sorted_slots, fresh))
             order = np.argsort(keys, kind="stable")
             self.sorted_keys, self.sorted_slots = keys[order], slots[order]
-        # A hash collision would merge two flows; verify the endpoints of known slots.
+        # Two 4-tuples with one 64-bit hash (odds ~ flows**2 / 2**65) would share a slot:
+        # compare the endpoints and count such packets rather than merge them silently.
+        known = np.flatnonzero(found)
+        if known.size:
+            rows, slots = first[known], slot_u[known]
+            st = self.state
+            same = ((st["a_hi"][slots] == a[0][rows]) & (st["a_lo"][slots] == a[1][rows])
+                    & (st["a_port"][slots] == a[2][rows]) & (st["b_hi"][slots] == b[0][rows])
+                    & (st["b_lo"][slots] == b[1][rows]) & (st["b_port"][slots] == b[2][rows]))
+            if not same.all():
+                clash = np.isin(inverse, known[~same])
+                self.counts.hash_collisions += int(clash.sum())
         return slot_u[inverse], a_is_src
 
     def _allocate(self, n: int) -> np.ndarray:
