@@ -816,15 +816,14 @@ class FlowTracker:
             # Merge data rows and queries; within (flow, data direction, end), sort by frame,
             # so a query's latest earlier data row with that end is found by a forward fill.
             qf, qd, qe = flow_of[qi], direction[qi] ^ 1, ack_unw_s[qi]
-            keys_flow = np.concatenate((pending["flow_id"], qf))
-            keys_dir = np.concatenate((pending["direction"].astype(np.int64), qd))
-            keys_end = np.concatenate((pending["end"], qe))
+            keys = np.concatenate((_range_key(pending["flow_id"], pending["direction"], pending["end"]),
+                                   _range_key(qf, qd, qe)))
             keys_frame = np.concatenate((pending["frame"], frame[o][qi]))
             is_data = np.concatenate((np.ones(pending.size, bool), np.zeros(qi.size, bool)))
-            order = np.lexsort((~is_data, keys_frame, keys_end, keys_dir, keys_flow))
-            kf, kd, ke = keys_flow[order], keys_dir[order], keys_end[order]
+            order = np.lexsort((keys_frame, keys))
+            ks = keys[order]
             group = np.ones(order.size, bool)
-            group[1:] = (kf[1:] != kf[:-1]) | (kd[1:] != kd[:-1]) | (ke[1:] != ke[:-1])
+            group[1:] = ks[1:] != ks[:-1]
             gseg = np.cumsum(group) - 1
             prev = sg.last_index_before(is_data[order], gseg)
             query_pos = np.flatnonzero(~is_data[order])
