@@ -107,3 +107,27 @@ def first_of(values: np.ndarray, seg: np.ndarray, nseg: int, fill) -> np.ndarray
         first = starts_of(seg)
         out[seg[first]] = values[first]
     return out
+
+
+def reduce_by(ufunc: np.ufunc, values: np.ndarray, seg: np.ndarray, nseg: int,
+              fill) -> np.ndarray:
+    """`ufunc` over each segment's values (seg sorted); `fill` where a segment has no rows.
+
+    The sorted-segment counterpart of `ufunc.at`, which is unbuffered and many times slower.
+    """
+    out = np.full(nseg, fill, dtype=values.dtype)
+    if values.size:
+        starts = np.flatnonzero(starts_of(seg))
+        out[seg[starts]] = ufunc.reduceat(values, starts)
+    return out
+
+
+def reduce_by_key(ufunc: np.ufunc, values: np.ndarray, keys: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys, `ufunc` over each key's values), for unsorted keys."""
+    order = np.argsort(keys, kind="stable")
+    k, vals = keys[order], values[order]
+    if k.size == 0:
+        return k, vals
+    starts = np.flatnonzero(starts_of(k))
+    return k[starts], ufunc.reduceat(vals, starts)

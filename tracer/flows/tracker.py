@@ -297,7 +297,7 @@ class FlowTracker:
             init[name] = st[name][flow_slot]
         fresh = ~continuing
         first_row = np.full(nf, n, np.int64)
-        np.minimum.at(first_row, dense, np.arange(n))
+        first_row[dense[::-1]] = np.arange(n)[::-1]  # the last write of each flow is its first row
         if fresh.any():
             self._initiators(init, fresh, first_row, b)
         sender_is_a = b.a_is_src
@@ -455,11 +455,10 @@ class FlowTracker:
         # The other direction's view at each segment: flow order (dense, frame).
         dir_f = direction[fo]
         live_f = live[at_o]
+        # What the other direction had done by each segment (full arrays: every rule uses them).
         other = {}
         for d in (0, 1):
             mine = dir_f == d
-            ack_vals = np.where(mine & live_f & ack_s[at_o], ack_unw_s[at_o], NO_SEQ)
-            other[("max_ack", d)] = sg.exclusive_max(ack_vals, fseg, init["max_ack"][:, d])
             end_vals = np.where(mine & live_f & ~rst_s[at_o], end[at_o], NO_SEQ)
             other[("next_seq", d)] = sg.exclusive_max(end_vals, fseg, init["next_seq"][:, d])
             ack_mask = mine & live_f & ack_s[at_o]
@@ -472,18 +471,6 @@ class FlowTracker:
                 np.where(init["last_window"][:, d] >= 0,
                          _scale(init["last_window"][:, d], shift_fd.reshape(nf, 2)[:, d]), -1))
             other[("dupacks", d)] = sg.ffill_before(dup_count[at_o], ack_mask, fseg, init["dupacks"][:, d])
-            other[("last_ts", d)] = sg.ffill_before(ts[fo], mine, fseg, init["dir_last_ts"][:, d])
-            other[("fin_seen", d)] = sg.exclusive_max(
-                (mine & fin[fo] & live_f).astype(np.int64), fseg,
-                (init["fin_ts"][:, d] >= 0).astype(np.int64))
-            other[("last_data_frame", d)] = sg.exclusive_max(
-                np.where(mine & live_f & (payload[fo] > 0), frame[fo], 0), fseg,
-                init["last_data_frame"][:, d])
-            other[("ttl", d)] = sg.ffill_before(
-                p["ttl"][fo].astype(np.int64), mine & ~rst[fo], fseg, init["ttl_last"][:, d].astype(np.int64))
-            other[("ipid", d)] = sg.ffill_before(
-                np.where(p["ip_version"][fo] == 4, p["ip_id"][fo].astype(np.int64), -1),
-                mine & ~rst[fo], fseg, init["ipid_last"][:, d].astype(np.int64))
 
         def rev(name: str) -> np.ndarray:
             """The other direction's value, in flow-direction order."""
@@ -492,13 +479,6 @@ class FlowTracker:
             out[at_o] = out_f
             return out
 
-        def own(name: str) -> np.ndarray:
-            out_f = np.where(dir_f == 0, other[(name, 0)], other[(name, 1)])
-            out = np.empty(n, out_f.dtype)
-            out[at_o] = out_f
-            return out
-
-        rev_max_ack = rev("max_ack")
         rev_next = rev("next_seq")
         rev_last_ack = rev("last_ack")
         rev_last_ack_ts = rev("last_ack_ts")
@@ -554,9 +534,35 @@ class FlowTracker:
         # RST events.
         rst_rows = np.flatnonzero(rst_s & live)
         if rst_rows.size:
+            # Facts only RSTs need, looked up at the RST rows instead of scanned for all rows:
+            # each is "the last earlier segment of one direction with some property".
+            positions = fo_pos[rst_rows]
+            ipid_p = np.where(p["ip_version"] == 4, p["ip_id"].astype(np.int64), -1)
+            nonrst_f = ~rst[fo]
+            specs = {
+                "max_ack": (live_f & ack_s[at_o], lambda j: ack_unw_s[at_o[j]], init["max_ack"]),
+                "last_ts": (np.ones(n, bool), lambda j: ts[fo[j]], init["dir_last_ts"]),
+                "fin_seen": (live_f & fin[fo], lambda j: np.ones(j.shape, np.int64),
+                             (init["fin_ts"] >= 0).astype(np.int64)),
+                "last_data_frame": (live_f & (payload[fo] > 0), lambda j: frame[fo[j]],
+                                    init["last_data_frame"]),
+                "ttl": (nonrst_f, lambda j: p["ttl"][fo[j]].astype(np.int64),
+                        init["ttl_last"].astype(np.int64)),
+                "ipid": (nonrst_f, lambda j: ipid_p[fo[j]], init["ipid_last"].astype(np.int64)),
+            }
+            rdir = dir_f[positions]
+            found: dict[tuple[str, int], np.ndarray] = {}
+            for name, (mask, values, start) in specs.items():
+                for d in (0, 1):
+                    found[(name, d)] = _last_before(mask & (dir_f == d), values, start[:, d],
+                                                    fseg, positions)
+
+            def at_rst(name: str, own_side: bool) -> np.ndarray:
+                mine, theirs = found[(name, 0)], found[(name, 1)]
+                return np.where((rdir == 0) == own_side, mine, theirs)
+
             self._rst_events(b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
-                             rev_max_ack, rev_window, ts, frame, own, rev, rev_next,
-                             dir_f, fo, at_o)
+                             rev_window, rev_next, at_rst)
         self._watch_continuations(uniq_flow, dense, direction, rst, frame)
 
         if self.keep_segments:
@@ -595,17 +601,14 @@ class FlowTracker:
             _set_fd(fin_state, "last_ack_raw", acked,
                     sg.last_of(ack_raw[o][ar], aseg, nseg, 0).astype(np.uint32))
             _set_fd(fin_state, "acked_once", acked, np.ones(nseg, bool))
-            maxack = np.full(nseg, NO_SEQ, np.int64)
-            np.maximum.at(maxack, aseg, np.where(live[ar], ack_unw_s[ar], NO_SEQ))
+            maxack = sg.reduce_by(np.maximum, np.where(live[ar], ack_unw_s[ar], NO_SEQ), aseg,
+                                  nseg, NO_SEQ)
             fin_state["max_ack"] = np.maximum(fin_state["max_ack"], maxack.reshape(nf, 2))
-            lat = np.full(nseg, NO_TIME, np.int64)
-            np.maximum.at(lat, aseg, ts[o][ar])
+            lat = sg.reduce_by(np.maximum, ts[o][ar], aseg, nseg, NO_TIME)
             fin_state["last_ack_ts"] = np.maximum(fin_state["last_ack_ts"], lat.reshape(nf, 2))
-        nxt = np.full(nseg, NO_SEQ, np.int64)
-        np.maximum.at(nxt, seg, ends_live)
+        nxt = sg.reduce_by(np.maximum, ends_live, seg, nseg, NO_SEQ)
         fin_state["next_seq"] = np.maximum(fin_state["next_seq"], nxt.reshape(nf, 2))
-        mins = np.full(nseg, 2**62, np.int64)
-        np.minimum.at(mins, seg, np.where(live & ~rst_s, seq_unw, 2**62))
+        mins = sg.reduce_by(np.minimum, np.where(live & ~rst_s, seq_unw, 2**62), seg, nseg, 2**62)
         fin_state["min_seq"] = np.minimum(fin_state["min_seq"], mins.reshape(nf, 2))
         _set_fd(fin_state, "last_window", present, sg.last_of(win_s, seg, nseg, 0))
         fin_state["wscale"] = wscale_fd.reshape(nf, 2).astype(np.int8)
@@ -613,18 +616,15 @@ class FlowTracker:
         _set_fd(fin_state, "dupacks", present, last_dup)
         raised = np.zeros(nseg, bool)
         raised[seg[advanced]] = True
-        last_raise = np.full(nseg, -1, np.int64)
-        np.maximum.at(last_raise, seg, np.where(advanced, np.arange(n), -1))
+        last_raise = sg.reduce_by(np.maximum, np.where(advanced, np.arange(n), -1), seg, nseg, -1)
         _set_fd(fin_state, "next_seq_ts", raised, ts[o][np.maximum(last_raise, 0)])
         firsts_ts = sg.first_of(ts[o], seg, nseg, NO_TIME)
         dft = fin_state["dir_first_ts"].reshape(-1)
         dft[present & (dft < 0)] = firsts_ts[present & (dft < 0)]
         fin_state["dir_first_ts"] = dft.reshape(nf, 2)
-        dlt = np.full(nseg, NO_TIME, np.int64)
-        np.maximum.at(dlt, seg, ts[o])
+        dlt = sg.reduce_by(np.maximum, ts[o], seg, nseg, NO_TIME)
         fin_state["dir_last_ts"] = np.maximum(fin_state["dir_last_ts"], dlt.reshape(nf, 2))
-        ldf = np.zeros(nseg, np.int64)
-        np.maximum.at(ldf, seg, np.where(live & (pay_s > 0), frame[o], 0))
+        ldf = sg.reduce_by(np.maximum, np.where(live & (pay_s > 0), frame[o], 0), seg, nseg, 0)
         fin_state["last_data_frame"] = np.maximum(fin_state["last_data_frame"], ldf.reshape(nf, 2))
         counters = (
             ("packets", np.ones(n, bool)),
@@ -644,19 +644,17 @@ class FlowTracker:
         for name, mask in counters:
             weights = np.where(live, pay_s, 0) if mask is None else mask.astype(np.int64)
             fin_state[name] += np.bincount(seg, weights=weights, minlength=nseg).astype(np.int64).reshape(nf, 2)
-        fts = np.full(nseg, np.iinfo(np.int64).max)
-        np.minimum.at(fts, seg, np.where(fin_s & live, ts[o], np.iinfo(np.int64).max))
+        never = np.iinfo(np.int64).max
+        fts = sg.reduce_by(np.minimum, np.where(fin_s & live, ts[o], never), seg, nseg, never)
         fts = np.where(fts == np.iinfo(np.int64).max, NO_TIME, fts).reshape(nf, 2)
         fin_state["fin_ts"] = np.where(fin_state["fin_ts"] >= 0, fin_state["fin_ts"], fts)
-        rts = np.full(nseg, np.iinfo(np.int64).max)
-        np.minimum.at(rts, seg, np.where(rst_s & live, ts[o], np.iinfo(np.int64).max))
+        rts = sg.reduce_by(np.minimum, np.where(rst_s & live, ts[o], never), seg, nseg, never)
         rts = np.where(rts == np.iinfo(np.int64).max, NO_TIME, rts).reshape(nf, 2)
         fin_state["first_rst_ts"] = np.where(fin_state["first_rst_ts"] >= 0,
                                              fin_state["first_rst_ts"], rts)
         has_ttl = np.zeros(nseg, bool)
         has_ttl[seg[~rst_s]] = True
-        last_nonrst = np.full(nseg, -1, np.int64)
-        np.maximum.at(last_nonrst, seg, np.where(~rst_s, np.arange(n), -1))
+        last_nonrst = sg.reduce_by(np.maximum, np.where(~rst_s, np.arange(n), -1), seg, nseg, -1)
         _set_fd(fin_state, "ttl_last", has_ttl,
                 p["ttl"][o][np.maximum(last_nonrst, 0)].astype(np.int16))
         ipid = np.where(p["ip_version"][o] == 4, p["ip_id"][o].astype(np.int64), -1)
@@ -668,17 +666,13 @@ class FlowTracker:
         last_f[:-1] = fseg[1:] != fseg[:-1]
         fin_state["last_fp"][fseg[last_f]] = fp_f[last_f]
         fin_state["last_dir"][fseg[last_f]] = dir_fo[last_f]
-        fft = np.full(nf, np.iinfo(np.int64).max)
-        np.minimum.at(fft, dense, ts)
+        fft = sg.reduce_by(np.minimum, ts[fo], fseg, nf, np.iinfo(np.int64).max)
         fin_state["first_ts"] = np.where(fin_state["first_ts"] >= 0, fin_state["first_ts"], fft)
-        flt = np.full(nf, NO_TIME, np.int64)
-        np.maximum.at(flt, dense, ts)
+        flt = sg.reduce_by(np.maximum, ts[fo], fseg, nf, NO_TIME)
         fin_state["last_ts"] = np.maximum(fin_state["last_ts"], flt)
-        ffr = np.full(nf, np.iinfo(np.int64).max)
-        np.minimum.at(ffr, dense, frame)
+        ffr = sg.first_of(frame[fo], fseg, nf, np.iinfo(np.int64).max)
         fin_state["first_frame"] = np.where(fin_state["first_frame"] > 0, fin_state["first_frame"], ffr)
-        lfr = np.zeros(nf, np.int64)
-        np.maximum.at(lfr, dense, frame)
+        lfr = sg.last_of(frame[fo], fseg, nf, 0)
         fin_state["last_frame"] = np.maximum(fin_state["last_frame"], lfr)
 
         # The last flow of each slot stays active; earlier ones (replaced by reuse) finish.
@@ -876,11 +870,7 @@ class FlowTracker:
         # From this batch:
         key_b = flow_of * 2 + (direction ^ 1)  # the data direction an ACK acknowledges
         rows = live & ack_s
-        keys = key_b[rows]
-        vals = ack_unw_s[rows]
-        uk, inv = np.unique(keys, return_inverse=True)
-        best = np.full(uk.shape[0], NO_SEQ, np.int64)
-        np.maximum.at(best, inv, vals)
+        uk, best = sg.reduce_by_key(np.maximum, ack_unw_s[rows], key_b[rows])
         pk = pending["flow_id"] * 2 + pending["direction"].astype(np.int64)
         pos_c, hit = _find(uk, pk)
         out = np.where(hit, best[pos_c], NO_SEQ) if uk.size else np.full(pk.shape[0], NO_SEQ)
@@ -914,12 +904,15 @@ class FlowTracker:
         new["tsval"] = p["tsval"][rows]
         new["ts_ns"] = ts[rows]
         new["frame"] = frame[rows]
-        table = np.concatenate((self._tsvals, new))
-        # First sending of each (flow, direction, tsval): a stable sort on one key keeps the
-        # carried (older) entries and then capture order first among equals.
-        keys = _compound(table["flow_id"], table["direction"], table["tsval"])
-        order = np.argsort(keys, kind="stable")
-        t, keys = table[order], keys[order]
+        # The carried table stays sorted by (flow, direction, tsval) with the first sending of
+        # each; new sendings are sorted and merged in after their equals (older ones win).
+        new_keys = _compound(new["flow_id"], new["direction"], new["tsval"])
+        order = np.argsort(new_keys, kind="stable")
+        new, new_keys = new[order], new_keys[order]
+        old_keys = _compound(self._tsvals["flow_id"], self._tsvals["direction"], self._tsvals["tsval"])
+        at = np.searchsorted(old_keys, new_keys, "right")
+        t = np.insert(self._tsvals, at, new)
+        keys = np.insert(old_keys, at, new_keys)
         first = np.ones(t.size, bool)
         first[1:] = keys[1:] != keys[:-1]
         t, comp_t = t[first], keys[first]
@@ -935,7 +928,7 @@ class FlowTracker:
                       | (ekey_v[eo][1:] != ekey_v[eo][:-1]))
             er = er[eo[ef]]
             ekey_f, ekey_d, ekey_v = flow[er], direction[er] ^ 1, p["tsecr"][er]
-            comp_e = _compound(ekey_f, ekey_d, ekey_v)
+            comp_e = _compound(ekey_f, ekey_d, ekey_v)  # the table is sorted by this key
             pos_c, hit = _find(comp_t, comp_e)
             src = pos_c[hit]
             valid = t["frame"][src] < frame[er[hit]]
@@ -955,12 +948,16 @@ class FlowTracker:
             # Forget what is older than the last echoed value; keep that one, marked, so a
             # later echo of it is recognised as a repeat.
             t["echoed"][src[valid]] = True
-            t = _after_last_echo(t, t["echoed"])
-        alive = np.concatenate((self.state["flow_id"][self.in_use], uniq_flow))
-        self._tsvals = t[np.isin(t["flow_id"], alive)] if t.size else t
+            keep = _after_last_echo(t, comp_t)
+            t = t[keep]
+        if t.size > 4 * max(int(self.in_use.sum()), 1024):
+            # Entries of finished flows: dropped now and then, not on every batch.
+            alive = np.concatenate((self.state["flow_id"][self.in_use], uniq_flow))
+            t = t[np.isin(t["flow_id"], alive)]
+        self._tsvals = t
 
     def _rst_events(self, b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
-                    rev_max_ack, rev_window, ts, frame, own, rev, rev_next, dir_f, fo, at_o):
+                    rev_window, rev_next, at_rst):
         p = b.p
         prow = o[rst_rows]  # packet rows
         n_r = rst_rows.size
@@ -976,9 +973,10 @@ class FlowTracker:
         r["with_ack"] = (p["flags"][prow] & TH_ACK) != 0
         established = ((hs["hs_ack_ts"][uniq_index] >= 0)
                        | init["midstream"][uniq_index]
-                       | ((own("last_data_frame")[rst_rows] > 0) & (rev("last_data_frame")[rst_rows] > 0)))
+                       | ((at_rst("last_data_frame", True) > 0) & (at_rst("last_data_frame", False) > 0)))
         # The receiver's RCV.NXT: the highest ACK it sent, else what the sender sends next.
-        rcv_nxt = np.where(rev_max_ack[rst_rows] > NO_SEQ, rev_max_ack[rst_rows], next_before[rst_rows])
+        rev_max_ack = at_rst("max_ack", False)
+        rcv_nxt = np.where(rev_max_ack > NO_SEQ, rev_max_ack, next_before[rst_rows])
         window = np.where(rev_window[rst_rows] >= 0, rev_window[rst_rows], 65535)
         seq = seq_unw[rst_rows]
         known = established & (rcv_nxt > NO_SEQ)
@@ -989,17 +987,17 @@ class FlowTracker:
                                          v.SEQ_OUT_OF_WINDOW)))
         r["seq_class"] = cls
         r["seq_offset"] = offset
-        ttl_prev = own("ttl")[rst_rows]
+        ttl_prev = at_rst("ttl", True)
         r["ttl_known"] = ttl_prev >= 0
         r["ttl_delta"] = np.where(ttl_prev >= 0, p["ttl"][prow].astype(np.int64) - ttl_prev, 0)
-        ipid_prev = own("ipid")[rst_rows]
+        ipid_prev = at_rst("ipid", True)
         ipid_now = np.where(p["ip_version"][prow] == 4, p["ip_id"][prow].astype(np.int64), -1)
         ipid_ok = (ipid_prev >= 0) & (ipid_now >= 0)
         r["ip_id_known"] = ipid_ok
         r["ip_id_delta"] = np.where(ipid_ok, ((ipid_now - ipid_prev + 32768) & 0xFFFF) - 32768, 0)
         t = p["ts_ns"][prow]
-        own_last = own("last_ts")[rst_rows]
-        rev_last = rev("last_ts")[rst_rows]
+        own_last = at_rst("last_ts", True)
+        rev_last = at_rst("last_ts", False)
         r["idle_sender_ns"] = np.where(own_last >= 0, t - own_last, -1)
         r["idle_receiver_ns"] = np.where(rev_last >= 0, t - rev_last, -1)
         first_ts = np.where(init["first_ts"][uniq_index] >= 0, init["first_ts"][uniq_index],
@@ -1008,21 +1006,21 @@ class FlowTracker:
         # Outstanding bytes each way at the RST.
         nxt0 = np.where(side == 0, next_before[rst_rows], rev_next[rst_rows])
         nxt1 = np.where(side == 1, next_before[rst_rows], rev_next[rst_rows])
-        ack_of0 = np.where(side == 0, rev_max_ack[rst_rows], own("max_ack")[rst_rows])
-        ack_of1 = np.where(side == 1, rev_max_ack[rst_rows], own("max_ack")[rst_rows])
+        ack_of0 = np.where(side == 0, rev_max_ack, at_rst("max_ack", True))
+        ack_of1 = np.where(side == 1, rev_max_ack, at_rst("max_ack", True))
         out0 = np.where((nxt0 > NO_SEQ) & (ack_of0 > NO_SEQ), np.maximum(nxt0 - ack_of0, 0), 0)
         out1 = np.where((nxt1 > NO_SEQ) & (ack_of1 > NO_SEQ), np.maximum(nxt1 - ack_of1, 0), 0)
         r["outstanding"][:, 0] = out0
         r["outstanding"][:, 1] = out1
         # Phase.
-        fin_before = (own("fin_seen")[rst_rows] > 0) | (rev("fin_seen")[rst_rows] > 0)
+        fin_before = (at_rst("fin_seen", True) > 0) | (at_rst("fin_seen", False) > 0)
         first_packet = (p["frame"][prow] == _first_frame_of(b, uniq_flow)[uniq_index]) & (
             init["first_ts"][uniq_index] < 0)
         syn_seen = hs["syn_ts"][uniq_index] >= 0
         synack_seen_before = (hs["synack_frame"][uniq_index] > 0) & (
             hs["synack_frame"][uniq_index] < p["frame"][prow]) | (init["synack_ts"][uniq_index] >= 0)
-        init_data = np.where(side == 0, own("last_data_frame")[rst_rows], rev("last_data_frame")[rst_rows])
-        resp_data = np.where(side == 1, own("last_data_frame")[rst_rows], rev("last_data_frame")[rst_rows])
+        init_data = np.where(side == 0, at_rst("last_data_frame", True), at_rst("last_data_frame", False))
+        resp_data = np.where(side == 1, at_rst("last_data_frame", True), at_rst("last_data_frame", False))
         phase = np.full(n_r, v.PHASE_ESTABLISHED_IDLE, np.int64)
         phase[(init_data > resp_data)] = v.PHASE_REQUEST_IN_FLIGHT
         phase[(resp_data > init_data) & (out1 > 0)] = v.PHASE_RESPONSE_IN_FLIGHT
@@ -1065,11 +1063,9 @@ class FlowTracker:
         rows = ~rst
         keys = key[rows]
         frames = frame[rows]
-        uk, inv = np.unique(keys, return_inverse=True)
+        uk, last = sg.reduce_by_key(np.maximum, frames, keys)
         if uk.size == 0:
             return
-        last = np.zeros(uk.shape[0], np.int64)
-        np.maximum.at(last, inv, frames)
         wk = self._rst_watch["flow_id"] * 2 + self._rst_watch["direction"].astype(np.int64)
         pos_c, hit = _find(uk, wk)
         hit &= last[pos_c] > self._rst_watch["frame"]
@@ -1181,6 +1177,20 @@ def _fingerprint(p: np.ndarray) -> np.ndarray:
     return _hash(*columns)
 
 
+def _last_before(mask: np.ndarray, values, start: np.ndarray, seg: np.ndarray,
+                 positions: np.ndarray) -> np.ndarray:
+    """At each position: `values` of the last earlier row of its segment where `mask`, else
+    `start[segment]`. Costs one pass over `mask` and a search per position."""
+    rows = np.flatnonzero(mask)
+    k = np.searchsorted(rows, positions) - 1
+    j = rows[np.maximum(k, 0)] if rows.size else np.zeros(positions.shape, np.int64)
+    ok = (k >= 0) & (seg[j] == seg[positions]) if rows.size else np.zeros(positions.shape, bool)
+    out = start[seg[positions]].astype(np.int64)
+    if ok.any():
+        out[ok] = values(j[ok])
+    return out
+
+
 def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Position of each query in a sorted array, and whether it is there."""
     if sorted_keys.shape[0] == 0:
@@ -1215,13 +1225,14 @@ def _compound(flow: np.ndarray, direction: np.ndarray, value: np.ndarray) -> np.
     return (flow.astype(np.int64) << 33) | (direction.astype(np.int64) << 32) | value.astype(np.int64)
 
 
-def _after_last_echo(t: np.ndarray, echoed: np.ndarray) -> np.ndarray:
-    """Per (flow, direction): drop TSvals sent before the last one echoed."""
-    key = t["flow_id"] * 2 + t["direction"].astype(np.int64)
-    uk, inv = np.unique(key, return_inverse=True)
-    last_echo = np.zeros(uk.shape[0], np.int64)
-    np.maximum.at(last_echo, inv, np.where(echoed, t["frame"], 0))
-    return t[t["frame"] >= last_echo[inv]]
+def _after_last_echo(t: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Rows to keep of a table sorted by `keys`: per (flow, direction), drop the TSvals sent
+    before the last one echoed."""
+    group = keys >> np.int64(32)  # (flow, direction), contiguous in key order
+    seg = np.cumsum(sg.starts_of(group)) - 1
+    nseg = int(seg[-1]) + 1 if seg.size else 0
+    last_echo = sg.reduce_by(np.maximum, np.where(t["echoed"], t["frame"], 0), seg, nseg, 0)
+    return t["frame"] >= last_echo[seg]
 
 
 def _first_ts_of(b: _Batch, uniq_flow: np.ndarray) -> np.ndarray:
@@ -1240,10 +1251,8 @@ def _later_from_sender(b: _Batch, prow: np.ndarray) -> np.ndarray:
     """For RST packet rows: does the same sender send a non-RST packet later in the batch?"""
     key = b.flow_id * 2 + b.direction
     nonrst = (b.p["flags"] & TH_RST) == 0
-    uk, inv = np.unique(key[nonrst], return_inverse=True)
+    uk, last = sg.reduce_by_key(np.maximum, b.p["frame"][nonrst], key[nonrst])
     if uk.size == 0:
         return np.zeros(prow.shape[0], bool)
-    last = np.zeros(uk.shape[0], np.int64)
-    np.maximum.at(last, inv, b.p["frame"][nonrst])
     pos_c, hit = _find(uk, key[prow])
     return hit & (last[pos_c] > b.p["frame"][prow])
