@@ -6,10 +6,11 @@ Rules:
   while they live) plus how many bytes it consumed; the caller keeps the rest and
   feeds it again with more data. The parsers do no I/O, so files (mmap), pipes, gzip streams and
   the live source share them.
-- Records are found with `records.walk_records` (vectorized); per-record fields are read with
-  vectorized gathers. Python-level work is per block kind, never per packet: pcapng blocks that
-  are not packets (section and interface descriptions, statistics, name resolution, custom and
-  unknown blocks) are rare and handled one by one.
+- Records are found with `records.walk_records` (vectorized), which also returns each record's
+  header: classic pcap's four fields are columns of it; a pcapng packet block's fixed fields
+  come in one more gather. Python-level work is per block kind, never per packet: pcapng blocks
+  that are not packets (section and interface descriptions, statistics, name resolution, custom
+  and unknown blocks) are rare and handled one by one.
 - A corrupt length stops the parser for good; `problem` says what and at which stream offset,
   and everything before it has been returned. This mirrors tshark, which stops at the first
   corrupt record.
@@ -26,7 +27,7 @@ import numpy as np
 
 from tracer.decode.vocab import LINKTYPE_PCAPNG_RECORD
 from tracer.packet import FrameBatch
-from tracer.source.records import RecordLayout, read_u16, read_u32, walk_records
+from tracer.source.records import RecordLayout, gather_padded, read_u32, walk_records
 
 BATCH_FRAMES = 65536
 
@@ -131,6 +132,9 @@ class PcapParser(CaptureParser):
         # The upper bits of the link-type field carry FCS information (pcap draft 4).
         self.linktype = linkfield & 0xFFFF
         self._note_linktype(self.linktype)
+        self._header_dtype = np.dtype(
+            [(name, order + "u4") for name in ("sec", "frac", "caplen", "wirelen")]
+        )
         self._layout = self._make_layout()
 
     def _make_layout(self) -> RecordLayout:
@@ -139,19 +143,13 @@ class PcapParser(CaptureParser):
         frac_limit = 1_000_000_000 if self.nanoseconds else 1_000_000
         sane_caplen = min(max(self.snaplen, 1), MAX_PCAP_CAPLEN) if self.snaplen else MAX_PCAP_CAPLEN
 
-        def length_of(buf, pos):
-            return read_u32(buf, pos + 8, little).astype(np.int64) + 16
+        header_dtype = self._header_dtype
 
-        def length_ok(length):
-            return (length >= 16) & (length - 16 <= max_caplen)
-
-        def valid(buf, pos, length):
-            return np.ones(pos.shape, bool)
-
-        def plausible(buf, pos, length):
+        def plausible(buf, pos, length, header):
+            fields = header.view(header_dtype)
             caplen = length - 16
-            wirelen = read_u32(buf, pos + 12, little).astype(np.int64)
-            frac = read_u32(buf, pos + 4, little)
+            wirelen = fields["wirelen"].astype(np.int64)
+            frac = fields["frac"]
             return (
                 (caplen <= sane_caplen)
                 & (caplen <= wirelen)
@@ -164,7 +162,17 @@ class PcapParser(CaptureParser):
             at = 2 if little else 0
             return at, bytes(buf[first + at : first + at + 2])
 
-        return RecordLayout(16, length_of, length_ok, valid, plausible, signature=signature)
+        # Record length = captured length (at offset 8) + the 16-byte record header.
+        return RecordLayout(
+            header_bytes=16,
+            length_at=8,
+            length_bias=16,
+            little=little,
+            min_length=16,
+            max_length=16 + max_caplen,
+            plausible=plausible,
+            signature=signature,
+        )
 
     def parse(self, buf: np.ndarray, base_offset: int) -> tuple[list[FrameBatch], int]:
         if self.finished:
@@ -184,12 +192,13 @@ class PcapParser(CaptureParser):
             )
             self.finished = True
         starts = walk.starts
-        little = self.little
-        sec = read_u32(buf, starts, little).astype(np.int64)
-        frac = read_u32(buf, starts + 4, little).astype(np.int64)
-        caplen = read_u32(buf, starts + 8, little)
-        wirelen = read_u32(buf, starts + 12, little)
-        ts_ns = sec * 1_000_000_000 + (frac if self.nanoseconds else frac * 1000)
+        # The walk read each record's 16-byte header; its four fields are strided columns.
+        header = walk.headers.view(self._header_dtype)
+        caplen = header["caplen"].astype(np.uint32)
+        wirelen = header["wirelen"].astype(np.uint32)
+        ts_ns = header["sec"].astype(np.int64)
+        ts_ns *= 1_000_000_000
+        ts_ns += header["frac"] if self.nanoseconds else header["frac"].astype(np.int64) * 1000
         n = starts.shape[0]
         batch = self._frames(
             ts_ns,
@@ -214,13 +223,21 @@ class _Interface:
         self.tsoffset_s = 0
 
 
+def _offset_ns(seconds: int) -> int:
+    """An interface's time offset in ns, wrapped to 64 bits like the tick arithmetic."""
+    return (seconds * 1_000_000_000 + (1 << 63)) % (1 << 64) - (1 << 63)
+
+
 def _ticks_to_ns(ticks: np.ndarray, base: int, exp: int) -> np.ndarray:
     """Timestamps in units of base**-exp to int64 ns, truncating like Wireshark does."""
     ticks = ticks.astype(np.uint64)
     if base == 10:
         if exp <= 9:
             return (ticks * np.uint64(10 ** (9 - exp))).astype(np.int64)
-        return (ticks // np.uint64(10 ** (exp - 9))).astype(np.int64)
+        divisor = 10 ** (exp - 9)
+        if divisor > np.iinfo(np.uint64).max:  # every 64-bit tick count is below a nanosecond
+            return np.zeros(ticks.shape, np.int64)
+        return (ticks // np.uint64(divisor)).astype(np.int64)
     # Binary resolution: split into whole seconds and the fraction to keep 64-bit exactness.
     exp = min(exp, 63)
     whole = ticks >> np.uint64(exp)
@@ -246,18 +263,13 @@ class PcapngParser(CaptureParser):
 
     def _layout(self) -> RecordLayout:
         little = self.little
-
-        def length_of(buf, pos):
-            return read_u32(buf, pos + 4, little).astype(np.int64)
-
-        def length_ok(length):
-            return (length >= 12) & (length % 4 == 0) & (length <= MAX_PCAPNG_BLOCK)
+        block_dtype = self._block_dtype
 
         def valid(buf, pos, length):
             return read_u32(buf, pos + length - 4, little).astype(np.int64) == length
 
-        def plausible(buf, pos, length):
-            kind = read_u32(buf, pos, little)
+        def plausible(buf, pos, length, header):
+            kind = header.view(block_dtype)["kind"]
             caplen = read_u32(buf, pos + 20, little).astype(np.int64)
             return (
                 (kind == PCAPNG_EPB)
@@ -266,14 +278,29 @@ class PcapngParser(CaptureParser):
                 & (length - 32 - caplen < 4)
             )
 
-        def barrier(buf, pos):
-            return read_u32(buf, pos, True) == PCAPNG_SHB
+        def barrier(headers):
+            # The section header's block type reads the same in either byte order.
+            return headers.view(block_dtype)["kind"] == PCAPNG_SHB
 
         def signature(buf, first):
             return 0, (PCAPNG_EPB).to_bytes(4, "little" if little else "big")
 
-        return RecordLayout(8, length_of, length_ok, valid, plausible, alignment=4,
-                            barrier=barrier, signature=signature, check_tail=True)
+        # Block length at offset 4 counts the whole block; it repeats in the block's last word.
+        return RecordLayout(
+            header_bytes=8,
+            length_at=4,
+            length_bias=0,
+            little=little,
+            min_length=12,
+            max_length=MAX_PCAPNG_BLOCK,
+            length_multiple=4,
+            plausible=plausible,
+            alignment=4,
+            barrier=barrier,
+            check_tail=True,
+            valid=valid,
+            signature=signature,
+        )
 
     def _stop(self, why: str) -> None:
         self.problem = why
@@ -340,7 +367,7 @@ class PcapngParser(CaptureParser):
                 consumed += length
                 continue
             walk = walk_records(buf, consumed, buf.shape[0], self._layout(), base_offset)
-            out.extend(self._packets(buf, walk.starts, base_offset))
+            out.extend(self._packets(buf, walk.starts, walk.headers, base_offset))
             if self.finished:  # a packet block inside the walk was corrupt
                 consumed = self._corrupt_at
                 break
@@ -353,15 +380,28 @@ class PcapngParser(CaptureParser):
                 break
         return out, consumed
 
-    def _packets(self, buf: np.ndarray, starts: np.ndarray, base_offset: int) -> list[FrameBatch]:
+    @property
+    def _block_dtype(self) -> np.dtype:
+        """Block type and total length: the 8-byte header the walk reads."""
+        order = "<" if self.little else ">"
+        return np.dtype([("kind", order + "u4"), ("length", order + "u4")])
+
+    def _packets(
+        self, buf: np.ndarray, starts: np.ndarray, headers: np.ndarray, base_offset: int
+    ) -> list[FrameBatch]:
         """Frame batches for the packet blocks among `starts`; other blocks handled in order."""
         if starts.size == 0:
             return []
         little = self.little
-        kinds = read_u32(buf, starts, little)
-        is_record = np.isin(kinds, PCAPNG_RECORD_BLOCKS)
-        is_packet = (kinds == PCAPNG_EPB) | (kinds == PCAPNG_SPB) | (kinds == PCAPNG_PB) | is_record
-        other = np.flatnonzero(~is_packet)
+        kinds = headers.view(self._block_dtype)["kind"]
+        is_epb = kinds == PCAPNG_EPB
+        if is_epb.all():  # the usual case: nothing but enhanced packet blocks
+            is_packet = is_epb
+            other = np.empty(0, np.int64)
+        else:
+            is_record = np.isin(kinds, PCAPNG_RECORD_BLOCKS)
+            is_packet = is_epb | (kinds == PCAPNG_SPB) | (kinds == PCAPNG_PB) | is_record
+            other = np.flatnonzero(~is_packet)
         # Interfaces are numbered in order of their IDBs within the section, and a packet may
         # only use one described before it.
         idb_positions = []
@@ -375,46 +415,51 @@ class PcapngParser(CaptureParser):
                 idb_positions.append(lo)
             else:
                 self.skipped_blocks[kind] = self.skipped_blocks.get(kind, 0) + 1
-        pk = starts[is_packet]
-        kinds = kinds[is_packet]
+        if other.size:
+            pk, kinds = starts[is_packet], kinds[is_packet]
+        else:
+            pk, kinds = starts, np.asarray(kinds)
         if pk.size == 0:
             return []
-        length = read_u32(buf, pk + 4, little).astype(np.int64)
+        # Every packet block's fixed fields in one 28-byte gather (EPB and PB share a layout;
+        # SPB has its original length at 8; record blocks have none).
+        order = "<" if little else ">"
+        words = gather_padded(buf, pk, 28).view(
+            np.dtype([(name, order + "u4") for name in
+                      ("kind", "length", "iface", "ts_high", "ts_low", "caplen", "wirelen")])
+        )
+        length = words["length"].astype(np.int64)
         is_epb = kinds == PCAPNG_EPB
         is_spb = kinds == PCAPNG_SPB
         is_pb = kinds == PCAPNG_PB
         is_record = ~is_epb & ~is_spb & ~is_pb
-        iface = np.zeros(pk.shape, np.int64)
-        caplen = np.zeros(pk.shape, np.int64)
-        wirelen = np.zeros(pk.shape, np.int64)
-        ticks = np.zeros(pk.shape, np.uint64)
+        iface = words["iface"].astype(np.int64)
+        ticks = (words["ts_high"].astype(np.uint64) << np.uint64(32)) | words["ts_low"]
+        caplen = words["caplen"].astype(np.int64)
+        wirelen = words["wirelen"].astype(np.int64)
         data_start = pk + 28
-        if is_epb.any():
-            e = pk[is_epb]
-            iface[is_epb] = read_u32(buf, e + 8, little)
-            ticks[is_epb] = (read_u32(buf, e + 12, little).astype(np.uint64) << np.uint64(32)) | read_u32(
-                buf, e + 16, little
-            ).astype(np.uint64)
-            caplen[is_epb] = read_u32(buf, e + 20, little)
-            wirelen[is_epb] = read_u32(buf, e + 24, little)
-        if is_pb.any():
-            p = pk[is_pb]
-            iface[is_pb] = read_u16(buf, p + 8, little)
-            ticks[is_pb] = (read_u32(buf, p + 12, little).astype(np.uint64) << np.uint64(32)) | read_u32(
-                buf, p + 16, little
-            ).astype(np.uint64)
-            caplen[is_pb] = read_u32(buf, p + 20, little)
-            wirelen[is_pb] = read_u32(buf, p + 24, little)
-        if is_spb.any():
-            s = pk[is_spb]
-            wirelen[is_spb] = read_u32(buf, s + 8, little)
-            room = length[is_spb] - 16
-            snap = self.interfaces[0].snaplen if self.interfaces else 0
-            cap = np.minimum(wirelen[is_spb], room)
-            if snap:
-                cap = np.minimum(cap, snap)
-            caplen[is_spb] = cap
-            data_start[is_spb] = s + 12
+        if not is_epb.all():
+            if is_pb.any():
+                # The obsolete packet block has a 16-bit interface id and 16 bits of drops.
+                pb_iface = words.view(np.dtype({"names": ["iface"], "formats": [order + "u2"],
+                                                "offsets": [8], "itemsize": 28}))["iface"]
+                iface[is_pb] = pb_iface[is_pb]
+            if is_spb.any():
+                spb_wirelen = words["iface"][is_spb].astype(np.int64)
+                wirelen[is_spb] = spb_wirelen
+                room = length[is_spb] - 16
+                snap = self.interfaces[0].snaplen if self.interfaces else 0
+                cap = np.minimum(spb_wirelen, room)
+                if snap:
+                    cap = np.minimum(cap, snap)
+                caplen[is_spb] = cap
+                data_start[is_spb] = pk[is_spb] + 12
+                iface[is_spb] = 0
+                ticks[is_spb] = 0
+            iface[is_record] = 0
+            caplen[is_record] = 0
+            wirelen[is_record] = 0
+            ticks[is_record] = 0
         data_start[is_record] = pk[is_record]  # no packet bytes: caplen stays 0
         overhead = np.where(is_spb, 16, 32)
         too_long = (caplen + overhead > length) & ~is_record
@@ -441,12 +486,20 @@ class PcapngParser(CaptureParser):
         table = self.interfaces
         link_of = np.array([t.linktype for t in table] + [LINKTYPE_PCAPNG_RECORD], np.uint16)
         link = link_of[np.where(is_record, len(table), iface)]
-        ts_ns = np.zeros(n, np.int64)
-        for i in np.unique(iface):
-            # Simple packet blocks and record blocks carry no timestamp.
-            sel = (iface == i) & ~is_spb & ~is_record
-            if sel.any():
-                t = table[int(i)]
-                ts_ns[sel] = _ticks_to_ns(ticks[sel], t.tsresol_base, t.tsresol_exp) + t.tsoffset_s * 1_000_000_000
+        stamped = ~is_spb & ~is_record  # simple packet blocks and record blocks carry no time
+        first = int(iface[0])
+        if stamped.all() and (iface == first).all():
+            t = table[first]
+            ts_ns = _ticks_to_ns(ticks, t.tsresol_base, t.tsresol_exp)
+            if t.tsoffset_s:
+                ts_ns += _offset_ns(t.tsoffset_s)
+        else:
+            ts_ns = np.zeros(n, np.int64)
+            for i in np.unique(iface):
+                sel = (iface == i) & stamped
+                if sel.any():
+                    t = table[int(i)]
+                    ts_ns[sel] = _ticks_to_ns(ticks[sel], t.tsresol_base, t.tsresol_exp)
+                    ts_ns[sel] += _offset_ns(t.tsoffset_s)
         batch = self._frames(ts_ns, iface, link, caplen, wirelen, buf, data_start)
         return _split(batch)
