@@ -764,9 +764,9 @@ class FlowTracker:
         return hs
 
     def _handshake_rtt(self, hs, uniq_flow, init) -> None:
-        new_resp = ((hs["synack_ts"] >= 0) & (init["synack_ts"] < 0) & (hs["syn_ts"] >= 0)
+        new_resp = ((hs["synack_ts"] > 0) & (init["synack_ts"] < 0) & (hs["syn_ts"] > 0)
                     & ~hs["hs_ambiguous"][:, 1])
-        new_init = ((hs["hs_ack_ts"] >= 0) & (init["hs_ack_ts"] < 0) & (hs["synack_ts"] >= 0)
+        new_init = ((hs["hs_ack_ts"] > 0) & (init["hs_ack_ts"] < 0) & (hs["synack_ts"] > 0)
                     & ~hs["hs_ambiguous"][:, 0])
         rows = []
         for mask, kind, side, start, stop in (
@@ -846,6 +846,8 @@ class FlowTracker:
                         good[k] = False
             # Karn: the latest sending before the ACK must be the only one; a resend of the same
             # range comes later than its original, so checking the latest is enough.
+            # Records without a capture time (pcapng Simple Packet Blocks read as 0) give no RTT.
+            good &= (pending["ts_ns"][data_idx] > 0) & (ts[o][qi][q_idx] > 0)
             rows_q = qi[q_idx[good]]
             rtt = ts[o][rows_q] - pending["ts_ns"][data_idx[good]]
             ack_rtt[rows_q] = rtt
@@ -933,7 +935,7 @@ class FlowTracker:
             src = pos_c[hit]
             valid = t["frame"][src] < frame[er[hit]]
             # A value echoed before (in an earlier batch) gives no second sample.
-            fresh = valid & ~t["echoed"][src]
+            fresh = valid & ~t["echoed"][src] & (t["ts_ns"][src] > 0) & (ts[er[hit]] > 0)
             done_rows = er[hit][fresh]
             rtt = ts[done_rows] - t["ts_ns"][src[fresh]]
             if done_rows.size:
