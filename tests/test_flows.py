@@ -279,6 +279,17 @@ def test_several_resets_in_one_flow_are_all_reported():
     rows = rst_rows(f)
     assert rows["frame"].tolist() == [4, 5, 6]
     assert rows["rst_index"].tolist() == [1, 2, 3]
+    other = handshake(Flow(cport=40001), t=0.5)
+    other.add(3.05, "c", 1001, 5001, TH_RST)
+    both = np.concatenate((f.packets(), other.packets()))
+    both = both[np.argsort(both["ts_ns"], kind="stable")]
+    both["frame"] = np.arange(1, both.shape[0] + 1)
+    for batch in (1, 2, both.shape[0]):  # RSTs of two flows, counted across batches
+        rows = track(both, batch=batch).rsts
+        by_flow = {}
+        for r in rows:
+            by_flow.setdefault(int(r["flow_id"]), []).append(int(r["rst_index"]))
+        assert sorted(by_flow.values()) == [[1], [1, 2, 3]], batch
 
 
 def test_closed_flows_are_evicted_so_state_stays_small():

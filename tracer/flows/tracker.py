@@ -276,7 +276,6 @@ class FlowTracker:
         b.flow_id = flow_id
         b.reuse = reuse
         b.reused_flag = reused
-        b.new_flow_start = start_rows
 
     # -- 3..6. analysis --------------------------------------------------------------------
 
@@ -1033,15 +1032,13 @@ class FlowTracker:
         r["phase"] = phase
         order_frame = np.argsort(r["frame"], kind="stable")
         r, prow, side, rst_rows = r[order_frame], prow[order_frame], side[order_frame], rst_rows[order_frame]
-        # Index of each RST within its flow.
-        prior = init["rst_count"][uniq_index].sum(axis=1)
+        # Index of each RST within its flow: RSTs of earlier batches, then order in this one.
+        prior = init["rst_count"][np.searchsorted(uniq_flow, r["flow_id"])].sum(axis=1)
         order = np.lexsort((r["frame"], r["flow_id"]))
-        fl = r["flow_id"][order]
-        grp = np.cumsum(sg.starts_of(fl)) - 1
-        pos_in = np.arange(n_r) - np.maximum.accumulate(np.where(sg.starts_of(fl), np.arange(n_r), 0))
+        first_of_flow = sg.starts_of(r["flow_id"][order])
+        pos_in = np.arange(n_r) - np.maximum.accumulate(np.where(first_of_flow, np.arange(n_r), 0))
         idx = np.empty(n_r, np.int64)
         idx[order] = pos_in + 1
-        del grp
         r["rst_index"] = prior + idx
         # Continued: a later non-RST packet from the same sender in this batch.
         later = _later_from_sender(b, prow)
@@ -1166,7 +1163,6 @@ class _Batch:
         self.reuse = np.empty(0, bool)  # SYNs that start a new flow on a known 4-tuple
         self.reused_flag = np.empty(0, bool)  # SYNs Wireshark marks as reused ports
         self.direction = np.empty(0, np.int64)
-        self.new_flow_start = np.empty(0, np.int64)
 
 
 def _fingerprint(p: np.ndarray) -> np.ndarray:
