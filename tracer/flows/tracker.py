@@ -560,6 +560,8 @@ class FlowTracker:
                 mine, theirs = found[(name, 0)], found[(name, 1)]
                 return np.where((rdir == 0) == own_side, mine, theirs)
 
+            b.flow_first = (sg.first_of(ts[fo], fseg, nf, NO_TIME),
+                            sg.first_of(frame[fo], fseg, nf, 0))
             self._rst_events(b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
                              rev_window, rev_next, at_rst)
         self._watch_continuations(uniq_flow, dense, direction, rst, frame)
@@ -686,6 +688,13 @@ class FlowTracker:
             self._emit_flows(fin_state[replaced])
         keep = last_of_slot
         st[flow_slot[keep]] = fin_state[keep]
+        # Data still waiting for its ACK: drop what the receiver has acknowledged by now.
+        pending = self._pending
+        if pending.size:
+            at, hit = _find(uniq_flow, pending["flow_id"])
+            receiver = 1 - pending["direction"].astype(np.int64)
+            acked_to = np.where(hit, fin_state["max_ack"][at, receiver], NO_SEQ)
+            self._pending = pending[~hit | (pending["end"] > acked_to)]
 
     def _initiators(self, init, fresh, first_row, b: _Batch) -> None:
         """Who initiated each flow that starts in this batch."""
@@ -861,35 +870,8 @@ class FlowTracker:
                 self._rtts.append(r)
         # Keep data not yet acknowledged (per flow and direction), for later batches.
         if pending.size:
-            acked_to = self._acked_to(pending, uniq_flow, flow_of, direction, ack_s, ack_unw_s, live)
-            self._pending = pending[pending["end"] > acked_to]
+            self._pending = pending  # pruned once the batch's ACKs are in the state
         return ack_rtt
-
-    def _acked_to(self, pending, uniq_flow, flow_of, direction, ack_s, ack_unw_s, live):
-        """For each pending data row, the highest ACK the receiver has sent so far."""
-        st = self.state
-        # From this batch:
-        key_b = flow_of * 2 + (direction ^ 1)  # the data direction an ACK acknowledges
-        rows = live & ack_s
-        uk, best = sg.reduce_by_key(np.maximum, ack_unw_s[rows], key_b[rows])
-        pk = pending["flow_id"] * 2 + pending["direction"].astype(np.int64)
-        pos_c, hit = _find(uk, pk)
-        out = np.where(hit, best[pos_c], NO_SEQ) if uk.size else np.full(pk.shape[0], NO_SEQ)
-        # From the carried state of flows still in a slot.
-        active = self.in_use & (st["flow_id"] >= 0)
-        sk = st["flow_id"][active]
-        order = np.argsort(sk)
-        sk = sk[order]
-        max_ack = st["max_ack"][active][order]
-        pos_c, hit = _find(sk, pending["flow_id"])
-        carried = np.full(pending.shape[0], NO_SEQ, np.int64)
-        if sk.size:
-            receiver = 1 - pending["direction"].astype(np.int64)
-            carried = np.where(hit, max_ack[pos_c, receiver], NO_SEQ)
-        gone = ~hit & ~np.isin(pending["flow_id"], uniq_flow)
-        out = np.maximum(out, carried)
-        out[gone] = np.iinfo(np.int64).max  # the flow finished: nothing to wait for
-        return out
 
     def _timestamp_rtt(self, b, uniq_flow, dense, direction, live, ts, frame) -> None:
         """TSval -> the first segment of the other direction echoing it in TSecr."""
@@ -923,10 +905,10 @@ class FlowTracker:
         if er.size and t.size:
             ekey_f, ekey_d, ekey_v = flow[er], direction[er] ^ 1, p["tsecr"][er]
             # Only the first echo of each value counts (later ones measure delayed ACKs).
-            eo = np.lexsort((frame[er], ekey_v, ekey_d, ekey_f))
+            ekeys = _compound(ekey_f, ekey_d, ekey_v)
+            eo = np.argsort(ekeys, kind="stable")  # rows are in frame order: first echo first
             ef = np.ones(er.size, bool)
-            ef[1:] = ((ekey_f[eo][1:] != ekey_f[eo][:-1]) | (ekey_d[eo][1:] != ekey_d[eo][:-1])
-                      | (ekey_v[eo][1:] != ekey_v[eo][:-1]))
+            ef[1:] = ekeys[eo][1:] != ekeys[eo][:-1]
             er = er[eo[ef]]
             ekey_f, ekey_d, ekey_v = flow[er], direction[er] ^ 1, p["tsecr"][er]
             comp_e = _compound(ekey_f, ekey_d, ekey_v)  # the table is sorted by this key
@@ -1002,7 +984,7 @@ class FlowTracker:
         r["idle_sender_ns"] = np.where(own_last >= 0, t - own_last, -1)
         r["idle_receiver_ns"] = np.where(rev_last >= 0, t - rev_last, -1)
         first_ts = np.where(init["first_ts"][uniq_index] >= 0, init["first_ts"][uniq_index],
-                            _first_ts_of(b, uniq_flow)[uniq_index])
+                            b.flow_first[0][uniq_index])
         r["age_ns"] = t - first_ts
         # Outstanding bytes each way at the RST.
         nxt0 = np.where(side == 0, next_before[rst_rows], rev_next[rst_rows])
@@ -1015,7 +997,7 @@ class FlowTracker:
         r["outstanding"][:, 1] = out1
         # Phase.
         fin_before = (at_rst("fin_seen", True) > 0) | (at_rst("fin_seen", False) > 0)
-        first_packet = (p["frame"][prow] == _first_frame_of(b, uniq_flow)[uniq_index]) & (
+        first_packet = (p["frame"][prow] == b.flow_first[1][uniq_index]) & (
             init["first_ts"][uniq_index] < 0)
         syn_seen = hs["syn_ts"][uniq_index] >= 0
         synack_seen_before = (hs["synack_frame"][uniq_index] > 0) & (
@@ -1102,9 +1084,11 @@ class FlowTracker:
         self.sorted_keys = self.sorted_keys[keep]
         self.sorted_slots = self.sorted_slots[keep]
         st[gone] = blank_state(gone.size)
-        if finish or self._rst_watch.size:
-            alive = np.isin(self._rst_watch["flow_id"], st["flow_id"][self.in_use])
-            self._rst_watch = self._rst_watch[alive]
+        alive_ids = st["flow_id"][self.in_use]
+        if self._rst_watch.size:
+            self._rst_watch = self._rst_watch[np.isin(self._rst_watch["flow_id"], alive_ids)]
+        if self._pending.size:
+            self._pending = self._pending[np.isin(self._pending["flow_id"], alive_ids)]
 
     def _emit_flows(self, s: np.ndarray) -> None:
         rows = np.zeros(s.shape[0], FLOW_DTYPE)
@@ -1162,6 +1146,7 @@ class _Batch:
         self.flow_id = np.empty(0, np.int64)
         self.reuse = np.empty(0, bool)  # SYNs that start a new flow on a known 4-tuple
         self.reused_flag = np.empty(0, bool)  # SYNs Wireshark marks as reused ports
+        self.flow_first: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.int64),) * 2
         self.direction = np.empty(0, np.int64)
 
 
@@ -1231,18 +1216,6 @@ def _after_last_echo(t: np.ndarray, keys: np.ndarray) -> np.ndarray:
     nseg = int(seg[-1]) + 1 if seg.size else 0
     last_echo = sg.reduce_by(np.maximum, np.where(t["echoed"], t["frame"], 0), seg, nseg, 0)
     return t["frame"] >= last_echo[seg]
-
-
-def _first_ts_of(b: _Batch, uniq_flow: np.ndarray) -> np.ndarray:
-    out = np.full(uniq_flow.shape[0], np.iinfo(np.int64).max)
-    np.minimum.at(out, np.searchsorted(uniq_flow, b.flow_id), b.p["ts_ns"])
-    return out
-
-
-def _first_frame_of(b: _Batch, uniq_flow: np.ndarray) -> np.ndarray:
-    out = np.full(uniq_flow.shape[0], np.iinfo(np.int64).max)
-    np.minimum.at(out, np.searchsorted(uniq_flow, b.flow_id), b.p["frame"])
-    return out
 
 
 def _later_from_sender(b: _Batch, prow: np.ndarray) -> np.ndarray:
