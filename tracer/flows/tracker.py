@@ -562,6 +562,7 @@ class FlowTracker:
 
             b.flow_first = (sg.first_of(ts[fo], fseg, nf, NO_TIME),
                             sg.first_of(frame[fo], fseg, nf, 0))
+            b.flow_order = (fo_pos, fseg, dir_f, nonrst_f)
             self._rst_events(b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
                              rev_window, rev_next, at_rst)
         self._watch_continuations(uniq_flow, dense, direction, rst, frame)
@@ -1023,7 +1024,7 @@ class FlowTracker:
         idx[order] = pos_in + 1
         r["rst_index"] = prior + idx
         # Continued: a later non-RST packet from the same sender in this batch.
-        later = _later_from_sender(b, prow)
+        later = _later_from_sender(b, rst_rows)
         r["continued"] = later
         base_index = self._rst_rows
         self._rsts.append(r)
@@ -1147,6 +1148,7 @@ class _Batch:
         self.reuse = np.empty(0, bool)  # SYNs that start a new flow on a known 4-tuple
         self.reused_flag = np.empty(0, bool)  # SYNs Wireshark marks as reused ports
         self.flow_first: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.int64),) * 2
+        self.flow_order: tuple = ()  # flow-order positions, segments, directions, non-RST mask
         self.direction = np.empty(0, np.int64)
 
 
@@ -1218,12 +1220,18 @@ def _after_last_echo(t: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return t["frame"] >= last_echo[seg]
 
 
-def _later_from_sender(b: _Batch, prow: np.ndarray) -> np.ndarray:
-    """For RST packet rows: does the same sender send a non-RST packet later in the batch?"""
-    key = b.flow_id * 2 + b.direction
-    nonrst = (b.p["flags"] & TH_RST) == 0
-    uk, last = sg.reduce_by_key(np.maximum, b.p["frame"][nonrst], key[nonrst])
-    if uk.size == 0:
-        return np.zeros(prow.shape[0], bool)
-    pos_c, hit = _find(uk, key[prow])
-    return hit & (last[pos_c] > b.p["frame"][prow])
+def _later_from_sender(b: _Batch, rst_rows: np.ndarray) -> np.ndarray:
+    """For RST rows (flow-direction order): does the same sender send a non-RST packet later in
+    this batch? One search per RST in the flow-ordered rows of its direction."""
+    fo_pos, fseg, dir_f, nonrst_f = b.flow_order
+    positions = fo_pos[rst_rows]
+    out = np.zeros(rst_rows.shape[0], bool)
+    for d in (0, 1):
+        rows = np.flatnonzero(nonrst_f & (dir_f == d))
+        mine = dir_f[positions] == d
+        if not rows.size or not mine.any():
+            continue
+        k = np.searchsorted(rows, positions[mine], "right")
+        nxt = rows[np.minimum(k, rows.size - 1)]
+        out[mine] = (k < rows.size) & (fseg[nxt] == fseg[positions[mine]])
+    return out
