@@ -145,3 +145,13 @@ def test_filter_keeps_matching_segments():
     kept = v6["tcp_packets"] - v6["tcp_packets_filtered_out"]
     assert kept == tshark_count(DEMO, "tcp && ipv6")
     assert v6["tcp_packets"] == everything["tcp_packets"]
+
+
+def test_gzip_stream_cut_short_keeps_what_was_read(tmp_path):
+    packed = gzip.compress(LO_PCAP.read_bytes())
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    cap = analyze_json(str(cut))["captures"][0]
+    assert cap["compressed"]
+    assert cap["anomalies"].get("truncated_compressed_stream") == 1
+    assert 0 < cap["packets"] < tshark_count(LO_PCAP)

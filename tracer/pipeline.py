@@ -84,7 +84,8 @@ async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object]
             with contextlib.suppress(asyncio.QueueEmpty):
                 queue.get_nowait()
             await asyncio.sleep(0)
-        producer.result() if not producer.cancelled() else None
+        if not producer.cancelled():
+            producer.result()  # re-raise what the producer thread raised, if anything
 
 
 async def analyze_native(path: str, *, packet_filter: Mask | None = None,

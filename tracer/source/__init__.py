@@ -13,11 +13,11 @@ Rules:
 
 from __future__ import annotations
 
-import gzip
 import io
 import mmap
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -38,6 +38,48 @@ __all__ = ["CaptureReader", "open_capture"]
 def open_capture(path: str | os.PathLike, *, window_bytes: int = WINDOW_BYTES) -> CaptureReader:
     """Open a capture file (pcap, pcapng, optionally gzip-compressed) or '-' for stdin."""
     return CaptureReader(str(path), window_bytes=window_bytes)
+
+
+class _GunzipStream(io.RawIOBase):
+    """gzip decompression that hands out every byte it could decode, also from a cut stream.
+
+    GzipFile raises on a stream that ends early and drops what it had decoded in that read;
+    a capture still being written or cut off must keep all of it. Members that follow each
+    other (concatenated gzip files) are read one after the other, as gunzip does.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._out = b""
+        self._seen_input = False
+        self.truncated = False  # the stream ended inside a gzip member
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._out:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                tail = self._inflate.flush()
+                if tail:
+                    self._out = tail
+                    break
+                # The stream ended: inside a member (cut short) or cleanly between members.
+                self.truncated = not self._inflate.eof and bool(self._seen_input)
+                return 0
+            self._seen_input = True
+            data = self._inflate.decompress(chunk)
+            while self._inflate.eof and self._inflate.unused_data:
+                rest = self._inflate.unused_data
+                self._inflate = zlib.decompressobj(wbits=31)
+                data += self._inflate.decompress(rest)
+            self._out = data
+        n = min(len(target), len(self._out))
+        target[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
 
 
 class _PrefixedStream(io.RawIOBase):
@@ -69,6 +111,8 @@ class CaptureReader:
         self.bytes_total: int | None = None  # size of the (decompressed) stream if known
         self.bytes_read = 0  # bytes consumed as complete records (progress)
         self.leftover_bytes = 0
+        self.stream_error: str | None = None  # why a compressed stream ended early
+        self._gunzip: _GunzipStream | None = None
         self._file: BinaryIO | None = None
         self._stream: BinaryIO | None = None
         self._mmap_fd: int | None = None
@@ -97,12 +141,12 @@ class CaptureReader:
         if head[:2] == GZIP_MAGIC:
             self.compressed = True
             source = self._stream if self._stream is not None else self._file
-            self._stream = gzip.GzipFile(fileobj=source, mode="rb")
+            self._gunzip = _GunzipStream(source)
             try:
-                head = _read_exactly(self._stream, 4)
-            except (OSError, EOFError) as exc:
+                head = _read_exactly(self._gunzip, 4)
+            except zlib.error as exc:
                 raise NotACaptureError(f"{self.path}: broken gzip data ({exc})") from None
-            self._stream = _PrefixedStream(head, self._stream)
+            self._stream = _PrefixedStream(head, self._gunzip)
         fmt = sniff_format(head)
         if fmt is None:
             shown = head.hex(" ") if head else "an empty file"
@@ -165,11 +209,14 @@ class CaptureReader:
             while not eof and fill < buf.shape[0]:
                 try:
                     got = self._stream.readinto(memoryview(buf)[fill:])
-                except (OSError, EOFError) as exc:
-                    # A gzip stream cut short is like a capture cut short: keep what we have.
-                    self.parser.anomalies["truncated_compressed_stream"] = 1
+                except (OSError, zlib.error) as exc:
+                    # Corrupt compressed data: analyse what came before it.
+                    self.parser.anomalies["corrupt_compressed_stream"] = 1
                     self.stream_error = str(exc)
                     got = 0
+                if not got and self._gunzip is not None and self._gunzip.truncated:
+                    # A gzip stream cut short is like a capture cut short: keep what we have.
+                    self.parser.anomalies["truncated_compressed_stream"] = 1
                 if not got:
                     eof = True
                     break
