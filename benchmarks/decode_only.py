@@ -36,7 +36,8 @@ def decode_file(path: str, *, flows: bool = False) -> dict[str, float | int | No
     from tracer.flows import FlowTracker
     from tracer.source import open_capture
 
-    tracker = FlowTracker() if flows else None
+    # As `tracer analyze` runs it: finished-flow rows are counted, not kept.
+    tracker = FlowTracker(keep_flows=False) if flows else None
 
     frames = tcp_packets = batches = 0
     # mapped file pages count in RSS but are the page cache's, not ours: anonymous memory is

@@ -356,3 +356,24 @@ def test_flow_table_accounts_for_every_segment(path):
     expected = np.setdiff1d(rst_frames, copies)
     assert int(t.flows["rst_count"].sum()) == t.rsts.shape[0] == expected.shape[0]
     assert sorted(t.rsts["frame"].tolist()) == expected.tolist()
+
+
+def test_rtt_samples_past_the_cap_are_a_uniform_reservoir():
+    rows = []
+    for i in range(300):
+        f = handshake(Flow(cport=10000 + i), t=i * 10.0, rtt=1.0 + (i % 3))
+        rows.append(f.packets())
+    packets = np.concatenate(rows)
+    packets["frame"] = np.arange(1, packets.shape[0] + 1)
+    capped = FlowTracker(max_rtt_samples=100)
+    for lo in range(0, packets.shape[0], 45):
+        capped.add(packets[lo : lo + 45])
+    capped.finish()
+    assert capped.rtt_samples_seen == 600  # two handshake halves per flow
+    kept = capped.rtts
+    assert kept.shape[0] == 100
+    # The responder half takes 1, 2 or 3 ms in equal shares: the reservoir keeps all three.
+    responder = kept[kept["kind"] == RTT_KIND_HANDSHAKE_RESPONDER]["rtt_ns"]
+    assert set(responder.tolist()) == {1_000_000, 2_000_000, 3_000_000}
+    assert len(set(kept["flow_id"].tolist())) > 60  # from all over the capture, not the start
+    assert kept["flow_id"].max() > 200

@@ -31,7 +31,8 @@ class CaptureAnalysis:
     first_ts_ns: int | None = None
     last_ts_ns: int | None = None
     filtered_out: int = 0  # TCP segments decoded but outside --filter
-    flows: FlowTracker = field(default_factory=FlowTracker)
+    # Finished-flow rows are not kept: the report needs their counts only (memory stays flat).
+    flows: FlowTracker = field(default_factory=lambda: FlowTracker(keep_flows=False))
 
     def add(self, packets: np.ndarray, counts: DecodeCounts) -> None:
         self.counts.merge(counts)
@@ -136,6 +137,7 @@ def flow_summary(tracker: FlowTracker, tcp_segments: int) -> dict:
             "capture_duplicates": c.duplicates,
         },
         "rtt_ms": rtt_percentiles(tracker.rtts),
+        "rtt_samples_taken": tracker.rtt_samples_seen,
         "tcp_segments_analysed": tcp_segments,
     }
 

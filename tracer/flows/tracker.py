@@ -24,13 +24,16 @@ Theory of operation, per packet batch (capture order):
    duplicates (the very same packet twice) are marked and kept out of every other count.
 5. **RTT.** Handshake RTT split at the capture point; data RTT from a segment to the first ACK
    that acknowledges exactly its end (Karn: never from a retransmitted range); TCP timestamp
-   echo RTT. Samples are kept with their time for later percentiles.
+   echo RTT. Samples are kept with their time for later percentiles; past
+   `max_rtt_samples` they are a uniform reservoir (Algorithm R), so memory stays bounded.
 6. **RSTs.** Each RST is described at its own moment: sender side, sequence class against the
    receiver's RCV.NXT and window (RFC 5961), phase, idle times, age, outstanding bytes, TTL and
    IP ID against the sender's previous packet, and (filled in later) whether the sender went on.
-7. **Eviction.** Flows closed by RST or FINs are finished after `closed_timeout_s` of quiet,
-   other flows after `idle_timeout_s`; finished flows become rows of the flow table and their
-   slots are reused, so memory follows the active flows, not the capture's history.
+7. **Eviction.** Flows closed by RST or FINs are finished after `closed_timeout_s` of quiet
+   (default 10 s: late FINs and ACKs come within a few RTTs), other flows after
+   `idle_timeout_s` (600 s); finished flows become rows of the flow table (or only counts,
+   with `keep_flows=False`) and their slots are reused, so memory follows the active flows,
+   not the capture's history. A packet arriving after its flow was finished opens a new flow.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ DEFAULT_OOO_THRESHOLD_NS = 3_000_000  # Wireshark: 3 ms when no initial RTT is k
 # carry the same timestamp to the microsecond, while a real resend waits for a timer or ACKs.
 DUPLICATE_WINDOW_NS = 50_000
 MAX_WSCALE = 14  # RFC 7323: larger shifts are treated as 14
+# RTT samples kept in full before a uniform reservoir takes over (~40 bytes each).
+DEFAULT_MAX_RTT_SAMPLES = 500_000
 
 
 def _hash(*columns: np.ndarray) -> np.ndarray:
@@ -104,8 +109,13 @@ class FlowTracker:
     `keep_segments`); see tracer.flows.tables for their layouts.
     """
 
-    def __init__(self, *, idle_timeout_s: float = 600.0, closed_timeout_s: float = 60.0,
-                 keep_segments: bool = False) -> None:
+    def __init__(self, *, idle_timeout_s: float = 600.0, closed_timeout_s: float = 10.0,
+                 keep_segments: bool = False, keep_flows: bool = True,
+                 max_rtt_samples: int = DEFAULT_MAX_RTT_SAMPLES) -> None:
+        self.keep_flows = keep_flows
+        self.max_rtt_samples = max_rtt_samples
+        self.rtt_samples_seen = 0  # all samples taken; `rtts` holds a uniform subset past the cap
+        self._rtt_rng = np.random.default_rng(0x7AC3)
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.closed_timeout_ns = int(closed_timeout_s * 1e9)
         self.keep_segments = keep_segments
@@ -155,6 +165,27 @@ class FlowTracker:
         if self._rst_continued:
             rows["continued"][np.concatenate(self._rst_continued)] = True
         return rows
+
+    def _keep_rtts(self, rows: np.ndarray) -> None:
+        """Keep RTT samples; past `max_rtt_samples`, a uniform reservoir of them (Algorithm R,
+        vectorized per batch), so memory stays bounded however long the capture."""
+        seen = self.rtt_samples_seen
+        self.rtt_samples_seen += rows.shape[0]
+        held = sum(part.shape[0] for part in self._rtts)
+        room = self.max_rtt_samples - held
+        if room >= rows.shape[0]:
+            self._rtts.append(rows)
+            return
+        if room > 0:
+            self._rtts.append(rows[:room])
+            rows, seen = rows[room:], seen + room
+        pool = np.concatenate(self._rtts) if len(self._rtts) > 1 else self._rtts[0]
+        # Sample number seen+i+1 replaces a random held one with probability cap/(seen+i+1).
+        index = seen + 1 + np.arange(rows.shape[0])
+        slots = (self._rtt_rng.random(rows.shape[0]) * index).astype(np.int64)
+        take = slots < self.max_rtt_samples
+        pool[slots[take]] = rows[take]
+        self._rtts = [pool]
 
     @property
     def rtts(self) -> np.ndarray:
@@ -792,7 +823,7 @@ class FlowTracker:
                 r["frame"] = hs["synack_frame"][mask] if kind == RTT_KIND_HANDSHAKE_RESPONDER else 0
                 rows.append(r)
         if rows:
-            self._rtts.append(np.concatenate(rows))
+            self._keep_rtts(np.concatenate(rows))
 
     def _data_rtt(self, uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, payload, rst_s,
                   retrans_like, ts, frame, own_max_ack):
@@ -868,7 +899,7 @@ class FlowTracker:
                 r["side"] = direction[rows_q]  # the ACKer's side of the capture point
                 r["rtt_ns"] = rtt
                 r["frame"] = frame[o][rows_q]
-                self._rtts.append(r)
+                self._keep_rtts(r)
         # Keep data not yet acknowledged (per flow and direction), for later batches.
         if pending.size:
             self._pending = pending  # pruned once the batch's ACKs are in the state
@@ -928,7 +959,7 @@ class FlowTracker:
                 r["side"] = direction[done_rows]
                 r["rtt_ns"] = rtt
                 r["frame"] = frame[done_rows]
-                self._rtts.append(r)
+                self._keep_rtts(r)
             # Forget what is older than the last echoed value; keep that one, marked, so a
             # later echo of it is recognised as a repeat.
             t["echoed"][src[valid]] = True
@@ -1126,7 +1157,8 @@ class FlowTracker:
         for code, count in zip(names.tolist(), counts.tolist(), strict=True):
             name = v.FLOW_STATE_NAMES[code]
             self.counts.states[name] = self.counts.states.get(name, 0) + count
-        self._flows.append(rows)
+        if self.keep_flows:
+            self._flows.append(rows)
 
 
 # -- helpers --------------------------------------------------------------------------------
