@@ -155,3 +155,30 @@ def test_gzip_stream_cut_short_keeps_what_was_read(tmp_path):
     assert cap["compressed"]
     assert cap["anomalies"].get("truncated_compressed_stream") == 1
     assert 0 < cap["packets"] < tshark_count(LO_PCAP)
+
+
+def test_join_reads_rotated_files_as_one_capture(tmp_path):
+    """A capture cut in two mid-flow (like tcpdump -C rotation), read with --join, says what
+    the whole capture says: flows continue across the cut, frames go on counting."""
+    whole = CAPTURES / "netns-eth-loss.pcapng"
+    total = tshark_count(whole)
+    first, second = tmp_path / "part1.pcapng", tmp_path / "part2.pcapng"
+    middle = total // 2
+    subprocess.run(["editcap", "-r", str(whole), str(first), f"1-{middle}"], check=True)
+    subprocess.run(["editcap", "-r", str(whole), str(second), f"{middle + 1}-{total}"], check=True)
+    one = analyze_json(str(whole))["captures"][0]
+    csv_whole, csv_joined = tmp_path / "whole.csv", tmp_path / "joined.csv"
+    run_tracer("analyze", str(whole), "--rsts-csv", str(csv_whole), "-o", "/dev/null")
+    joined_doc = analyze_json("--join", str(first), str(second))
+    (joined,) = joined_doc["captures"]
+    assert joined["paths"] == [str(first), str(second)]
+    for key in ("packets", "tcp_packets", "flows", "rsts", "rsts_by_phase", "retransmissions",
+                "segment_analysis", "loss", "tcp_flags"):
+        assert joined[key] == one[key], key
+    run_tracer("analyze", "--join", str(first), str(second), "--rsts-csv", str(csv_joined),
+               "-o", "/dev/null")
+    rows = lambda path: [line.split(",", 1)[1] for line in path.read_text().splitlines()[1:]]  # noqa: E731
+    assert rows(csv_joined) == rows(csv_whole)
+    # Without --join each part is its own capture: flows cut in two count twice.
+    apart = analyze_json(str(first), str(second))["captures"]
+    assert sum(c["flows"]["total"] for c in apart) > one["flows"]["total"]

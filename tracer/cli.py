@@ -82,8 +82,11 @@ def main() -> None:
               help="Progress on stderr (default: when stderr is a terminal).")
 @click.option("--rsts-csv", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write one CSV row per RST packet to this file.")
+@click.option("--join", is_flag=True,
+              help="Read the files as one capture, in the order given (e.g. tcpdump -C/-G "
+                   "rotations): flows continue across files, frame numbers go on counting.")
 def analyze(files, read_files, output_format, output, engine, filter_expr, progress,
-            rsts_csv) -> None:
+            rsts_csv, join) -> None:
     """Analyse capture files (pcap, pcapng, gzip-compressed, or '-' for stdin)."""
     from tracer.filter import compile_filter
     from tracer.pipeline import analyze_native, analyze_pyshark, run
@@ -95,13 +98,15 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
     if paths.count("-") > 1:
         _fail("stdin ('-') can be read only once")
     show_progress = sys.stderr.isatty() if progress is None else progress
+    if join and engine != "native":
+        _fail("--join works with the native engine only")
     try:
         packet_filter = compile_filter(filter_expr) if filter_expr else None
         captures = []
         rst_tables = []
         partial = False
-        for path in paths:
-            meter = _Progress(show_progress, "<stdin>" if path == "-" else path)
+        for path in ([paths] if join else paths):
+            meter = _Progress(show_progress, "<stdin>" if path == "-" else str(path))
             analyze_one = analyze_native if engine == "native" else analyze_pyshark
             try:
                 analysis, summary = run(analyze_one(path, packet_filter=packet_filter,

@@ -88,28 +88,50 @@ async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object]
             producer.result()  # re-raise what the producer thread raised, if anything
 
 
-async def analyze_native(path: str, *, packet_filter: Mask | None = None,
+async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = None,
                          filter_expr: str | None = None,
                          progress: Progress | None = None) -> tuple[CaptureAnalysis, dict]:
-    with open_capture(path) as reader:
-        analysis = CaptureAnalysis(path="<stdin>" if path == "-" else path, engine="native")
+    """One capture; a list of paths is read as one capture, file after file (`--join`): flows
+    continue across files and frame numbers go on counting, as if the files were concatenated
+    (mergecap -a)."""
+    paths = path if isinstance(path, list) else [path]
+    labels = ["<stdin>" if p == "-" else p for p in paths]
+    analysis = CaptureAnalysis(path=" + ".join(labels), engine="native")
+    facts = {"format": [], "compressed": False, "linktypes": [], "leftover": 0,
+             "anomalies": {}, "problem": None}
+    frames_before = 0
+    for one in paths:
+        with open_capture(one) as reader:
+            reader.parser.frames_emitted = frames_before
 
-        def handle(frames) -> None:
-            packets, counts = decode_frames(frames)
-            _add(analysis, packets, counts, packet_filter)
-            if progress is not None:
-                progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
+            def handle(frames, reader=reader) -> None:
+                packets, counts = decode_frames(frames)
+                _add(analysis, packets, counts, packet_filter)
+                if progress is not None:
+                    progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
 
-        await _consume(reader.batches, handle)
-        return analysis, analysis.summary(
-            capture_format=reader.format,
-            compressed=reader.compressed,
-            linktypes=reader.linktypes,
-            leftover_bytes=reader.leftover_bytes,
-            reader_anomalies=reader.anomalies,
-            problem=reader.problem,
-            filter_expr=filter_expr,
-        )
+            await _consume(reader.batches, handle)
+            frames_before = reader.parser.frames_emitted
+            facts["format"].append(reader.format)
+            facts["compressed"] |= reader.compressed
+            facts["linktypes"] += [lt for lt in reader.linktypes if lt not in facts["linktypes"]]
+            facts["leftover"] += reader.leftover_bytes
+            for name, count in reader.anomalies.items():
+                facts["anomalies"][name] = facts["anomalies"].get(name, 0) + count
+            if reader.problem and facts["problem"] is None:
+                facts["problem"] = f"{one}: {reader.problem}" if len(paths) > 1 else reader.problem
+    summary = analysis.summary(
+        capture_format="+".join(dict.fromkeys(facts["format"])),
+        compressed=facts["compressed"],
+        linktypes=facts["linktypes"],
+        leftover_bytes=facts["leftover"],
+        reader_anomalies=facts["anomalies"],
+        problem=facts["problem"],
+        filter_expr=filter_expr,
+    )
+    if len(paths) > 1:
+        summary["paths"] = labels
+    return analysis, summary
 
 
 async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
