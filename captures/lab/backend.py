@@ -1,0 +1,160 @@
+"""The lab's backend server: told per connection, by the request itself, what to do.
+
+Rules:
+- Listens only on the addresses it is given (inside a lab namespace); stops by itself after
+  `--duration` seconds; every read and wait is bounded in bytes and time.
+- One JSON line per connection on stdout (id, behaviour, peer address, what it did), so the
+  lab can tie HAProxy's backend-side source port to a connection id.
+
+Theory of operation: an HTTP request's path is `/<route>/<id>/<behaviour>`, a tcp-mode
+connection's first line is `<id> <behaviour>`. The behaviour is what the server does next:
+  ok          answer at once (HTTP: Content-Length body, then wait for the next request)
+  slow        answer after 0.3 s
+  wait        answer after 1.5 s (the client is meant to abort first)
+  big         answer 400 kB in 8 kB pieces, 20 ms apart (the client is meant to abort midway)
+  rst-before  close with SO_LINGER 0 before answering: an RST instead of a response
+  rst-mid     send the headers and 12 kB of a 60 kB body, then close with SO_LINGER 0
+  stall       never answer; wait for the peer to close (HAProxy's `timeout server`)
+An RST is made the way an application makes one: SO_LINGER {on, 0} and close().
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import struct
+import sys
+import time
+
+MAX_HEAD = 8192
+IDLE_S = 5.0
+STALL_S = 10.0
+BODY_OK = 2000
+
+
+def _linger_zero(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _report(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+async def _read_head(reader: asyncio.StreamReader, http: bool) -> bytes | None:
+    try:
+        if http:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_S)
+        return await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_S)
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+
+
+def _http_answer(conn_id: str, body_len: int) -> bytes:
+    return (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n"
+            f"X-Lab-Id: {conn_id}\r\n\r\n").encode()
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, http: bool) -> None:
+    peer = writer.get_extra_info("peername")
+    record: dict = {"peer": f"{peer[0]}:{peer[1]}", "http": http, "t": time.time()}
+    try:
+        for request_no in range(16):  # keep-alive, bounded
+            head = await _read_head(reader, http)
+            if head is None:
+                record.setdefault("did", "closed-before-request" if request_no == 0 else "idle")
+                break
+            words = head.split(b"\r\n", 1)[0].decode(errors="replace").split()
+            if http:
+                parts = words[1].split("/") if len(words) > 1 else []
+                conn_id, behaviour = (parts[2], parts[3]) if len(parts) >= 4 else ("?", "ok")
+            else:
+                conn_id, behaviour = (words + ["?", "ok"])[:2]
+            record.update(id=conn_id, behaviour=behaviour)
+            done = await _behave(reader, writer, http, conn_id, behaviour)
+            record["did"] = done
+            if done != "answered" or not http:
+                break
+        if record.get("did") in ("answered", "idle"):
+            writer.close()
+    except (ConnectionError, OSError) as exc:
+        record["did"] = f"error:{type(exc).__name__}"
+    finally:
+        record["end"] = time.time()
+        _report(record)
+        writer.close()
+
+
+async def _behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, http: bool,
+                  conn_id: str, behaviour: str) -> str:
+    body = (f"lab {conn_id} ".encode() * (BODY_OK // 8 + 1))[:BODY_OK]
+    if behaviour in ("slow", "wait"):
+        await asyncio.sleep(0.3 if behaviour == "slow" else 1.5)
+    if behaviour == "rst-before":
+        _linger_zero(writer)
+        writer.transport.abort()
+        return "rst-before"
+    if behaviour == "stall":
+        try:  # returns when the peer closes, or after STALL_S
+            await asyncio.wait_for(reader.read(MAX_HEAD), STALL_S)
+        except (TimeoutError, ConnectionError):
+            pass
+        return "stalled"
+    if behaviour in ("big", "rst-mid"):
+        total = 400_000 if behaviour == "big" else 60_000
+        if http:
+            writer.write(_http_answer(conn_id, total))
+        chunk = b"x" * 8192
+        sent = 0
+        for _ in range(total // len(chunk) + 1):
+            if behaviour == "rst-mid" and sent >= 12_000:
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                _linger_zero(writer)
+                writer.transport.abort()
+                return "rst-mid"
+            piece = chunk[: total - sent]
+            if not piece:
+                break
+            writer.write(piece)
+            sent += len(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        return "answered"
+    writer.write(_http_answer(conn_id, len(body)) + body if http else body)
+    await writer.drain()
+    if not http:  # tcp mode: the client closes first; wait for its FIN
+        try:
+            await asyncio.wait_for(reader.read(MAX_HEAD), IDLE_S)
+        except (TimeoutError, ConnectionError):
+            pass
+    return "answered"
+
+
+async def _main(args: argparse.Namespace) -> None:
+    servers = []
+    for spec, http in [(s, True) for s in args.http] + [(s, False) for s in args.tcp]:
+        host, port = spec.rsplit(":", 1)
+        servers.append(await asyncio.start_server(
+            lambda r, w, h=http: _serve(r, w, h), host, int(port), limit=MAX_HEAD))
+    print("READY", flush=True)
+    await asyncio.sleep(args.duration)
+    for server in servers:
+        server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--http", action="append", default=[], help="HOST:PORT for HTTP")
+    parser.add_argument("--tcp", action="append", default=[], help="HOST:PORT for line mode")
+    parser.add_argument("--duration", type=float, default=120.0)
+    try:
+        asyncio.run(_main(parser.parse_args()))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
