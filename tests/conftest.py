@@ -18,10 +18,10 @@ CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".gz")
 
 
 def bundled_captures() -> list[Path]:
-    """Every well-formed capture in captures/ (malformed ones live in captures/malformed/)."""
-    return sorted(
-        p for p in CAPTURES.glob("*") if p.is_file() and p.name.endswith(CAPTURE_SUFFIXES)
-    )
+    """Every well-formed capture in captures/ and the HAProxy lab's in captures/lab/out/
+    (malformed ones live in captures/malformed/)."""
+    found = list(CAPTURES.glob("*")) + list((CAPTURES / "lab" / "out").glob("*"))
+    return sorted(p for p in found if p.is_file() and p.name.endswith(CAPTURE_SUFFIXES))
 
 
 def corpus_captures() -> list[Path]:
