@@ -136,6 +136,36 @@ def test_retransmission_gap_and_ack_of_unseen_data():
     assert got[9] == ["ack_lost_segment"]
 
 
+@pytest.mark.parametrize("batch", [None, 4])
+def test_gaps_are_settled_by_what_happens_next(batch):
+    """A gap the sender fills again was lost before the capture point; a gap the receiver
+    acknowledges without a resend was missed by the capture (the data did arrive)."""
+    f = handshake(Flow())
+    f.add(3, "c", 1001, 5001, TH_ACK, payload=100)
+    f.add(4, "c", 1201, 5001, TH_ACK, payload=100)  # 1101..1201 not seen: gap 1
+    f.add(5, "c", 1101, 5001, TH_ACK, payload=100)  # resent: gap 1 was lost upstream
+    f.add(6, "s", 5001, 1301, TH_ACK)
+    f.add(7, "c", 1401, 5001, TH_ACK, payload=100)  # 1301..1401 not seen: gap 2
+    f.add(8, "s", 5001, 1501, TH_ACK)  # acknowledged without a resend: the capture missed it
+    t = track(f.packets(), batch=batch)
+    assert t.counts.gaps_lost_upstream == 1
+    assert t.counts.gaps_missed_by_capture == 1
+    assert t.counts.gaps_unsettled == 0
+    got = flags_of(t)
+    assert got[5] == ["lost_segment"] and got[8] == ["lost_segment"]
+    assert "ack_lost_segment" in got[9]
+    assert "ack_lost_segment" not in got[7]
+
+
+def test_gap_still_open_at_the_end_is_unsettled():
+    f = handshake(Flow())
+    f.add(3, "c", 1001, 5001, TH_ACK, payload=100)
+    f.add(4, "c", 1201, 5001, TH_ACK, payload=100)
+    t = track(f.packets())
+    assert (t.counts.gaps_lost_upstream, t.counts.gaps_missed_by_capture,
+            t.counts.gaps_unsettled) == (0, 0, 1)
+
+
 def test_dup_acks_then_fast_retransmission_and_karn():
     f = handshake(Flow())
     f.add(3, "c", 1001, 5001, TH_ACK, payload=100)

@@ -71,5 +71,8 @@ def test_loss_measured_near_the_injected_rate(tmp_path):
     assert np.isin(gaps, forward_frames).all()
     (flow,) = t.flows
     assert flow["lost_segments"][1] == 0  # the reverse direction lost nothing
+    # Every gap was resent by the sender: lost before the capture point, none missed by it.
+    assert t.counts.gaps_missed_by_capture == 0
+    assert t.counts.gaps_lost_upstream == gaps.size
     print(f"\n5 % link: {drops} drops, tracer re-sent {ours}/{frames.size} data segments "
           f"({rate:.2%}, tshark {theirs}), {gaps.size} gaps at the receiver")

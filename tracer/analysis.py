@@ -130,10 +130,13 @@ def flow_summary(tracker: FlowTracker, tcp_segments: int) -> dict:
         "retransmission_rate": flags["retransmission"] / data_segments if c.data_segments else 0.0,
         "segment_analysis": flags,
         "loss": {
-            # A gap before a segment: lost upstream of the capture point.
-            "lost_before_capture": flags["lost_segment"],
-            # An ACK for data the capture never saw: the capture missed it (or it went around).
-            "missed_by_capture": flags["ack_lost_segment"],
+            # Gaps in a sender's sequence numbers, settled by what happened next: the sender
+            # resent the range (lost before the capture point), or the receiver acknowledged
+            # past it without a resend (it arrived: the capture missed it).
+            "gaps": flags["lost_segment"],
+            "lost_before_capture": c.gaps_lost_upstream,
+            "missed_by_capture": c.gaps_missed_by_capture,
+            "gaps_unsettled": c.gaps_unsettled,
             "capture_duplicates": c.duplicates,
         },
         "rtt_ms": rtt_percentiles(tracker.rtts),

@@ -98,9 +98,10 @@ def render_text(document: dict, *, colour: bool = False, width: int | None = Non
             row("retransmissions", f"{cap['retransmissions']:,} ({rate:.2f}% of data segments)",
                 warn=rate >= 1.0)
             loss = cap["loss"]
-            row("loss", f"{loss['lost_before_capture']:,} gaps before the capture point, "
-                        f"{loss['missed_by_capture']:,} segments missed by the capture, "
-                        f"{loss['capture_duplicates']:,} capture duplicates")
+            row("loss", [f"{loss['gaps']:,} gaps: {loss['lost_before_capture']:,} lost before the "
+                         f"capture point (resent), {loss['missed_by_capture']:,} missed by the "
+                         f"capture (acknowledged), {loss['gaps_unsettled']:,} unsettled",
+                         f"{loss['capture_duplicates']:,} capture duplicates"])
             for name, entry in cap["rtt_ms"].items():
                 if entry["samples"]:
                     row(f"RTT {name.replace('_', ' ')}",

@@ -100,6 +100,9 @@ class FlowCounts:
     duplicates: int = 0
     data_segments: int = 0  # segments carrying payload (duplicates excluded)
     hash_collisions: int = 0  # packets whose 4-tuple hashed like another active flow's
+    gaps_lost_upstream: int = 0  # gaps the sender filled again: lost before the capture point
+    gaps_missed_by_capture: int = 0  # gaps acknowledged without a resend: the capture missed them
+    gaps_unsettled: int = 0  # gaps still open when their flow finished
 
 
 class FlowTracker:
@@ -131,6 +134,8 @@ class FlowTracker:
         self._segments: list[np.ndarray] = []
         # Data segments not yet acknowledged, carried for data RTT across batches.
         self._pending = np.zeros(0, _PENDING_DTYPE)
+        # Gaps in a sender's sequence numbers not yet settled (see _settle_holes).
+        self._holes = np.zeros(0, _HOLE_DTYPE)
         # TSvals not yet echoed, carried for timestamp RTT across batches.
         self._tsvals = np.zeros(0, _TSVAL_DTYPE)
         # RST events whose sender may still send: (flow_id, direction, index into RST rows).
@@ -544,6 +549,8 @@ class FlowTracker:
                           (plain, v.A_RETRANSMISSION), (dup, v.A_DUPLICATE)):
             flags_out[mask] |= bit
         flags_out[b.reused_flag[o]] |= v.A_REUSED_PORTS
+        self._settle_holes(uniq_flow, fd_s, frame[o], seq_unw, end, live, ack_s, ack_unw_s,
+                           retrans_like, lost, next_before, flags_out)
         for bit, name in enumerate(v.SEGMENT_FLAG_NAMES):
             hits = int(np.count_nonzero(flags_out & (1 << bit)))
             if hits:
@@ -727,6 +734,68 @@ class FlowTracker:
             receiver = 1 - pending["direction"].astype(np.int64)
             acked_to = np.where(hit, fin_state["max_ack"][at, receiver], NO_SEQ)
             self._pending = pending[~hit | (pending["end"] > acked_to)]
+
+    def _settle_holes(self, uniq_flow, fd_s, frame_o, seq_unw, end, live, ack_s, ack_unw_s,
+                      retrans_like, lost, next_before, flags_out) -> None:
+        """Decide for each gap in a sender's sequence numbers where its data went.
+
+        A gap opens when a segment starts above the highest sequence seen (`lost_segment`).
+        If the sender then sends the missing range again before the receiver acknowledges
+        past it, the data was lost upstream of the capture point. If the receiver
+        acknowledges past the gap first, the data did arrive: the capture missed it, and that
+        ACK is flagged `ack_lost_segment` (as Wireshark's "ACKed unseen segment"). Gaps still
+        open are carried to the next batch. All rows are in flow-direction order.
+        """
+        n = fd_s.shape[0]
+        new = np.zeros(int(lost.sum()), _HOLE_DTYPE)
+        new["flow_id"] = uniq_flow[fd_s[lost] // 2]
+        new["direction"] = fd_s[lost] % 2
+        new["start"] = next_before[lost]
+        new["end"] = seq_unw[lost]
+        new["frame"] = frame_o[lost]
+        holes = np.concatenate((self._holes, new))
+        if holes.size == 0:
+            return
+        at, in_batch = _find(uniq_flow, holes["flow_id"])
+        hseg = at * 2 + holes["direction"].astype(np.int64)
+        never = np.iinfo(np.int64).max
+        fill_frame = np.full(holes.size, never)
+        cover_row = np.full(holes.size, -1, np.int64)
+        idx = np.flatnonzero(in_batch)
+        if idx.size:
+            # Resends (segments below the highest sequence) overlapping each gap, after it.
+            order = np.lexsort((holes["start"][idx], hseg[idx]))
+            hidx = idx[order]
+            key_start = _seg_key(hseg[hidx], holes["start"][hidx])
+            key_end = _seg_key(hseg[hidx], holes["end"][hidx])
+            resend = np.flatnonzero(live & retrans_like)
+            if resend.size:
+                first = np.searchsorted(key_end, _seg_key(fd_s[resend], seq_unw[resend]), "right")
+                last = np.searchsorted(key_start, _seg_key(fd_s[resend], end[resend]), "left")
+                count = np.maximum(last - first, 0)
+                pair_resend = np.repeat(resend, count)
+                step = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+                pair_hole = hidx[np.repeat(first, count) + step]
+                later = frame_o[pair_resend] > holes["frame"][pair_hole]
+                np.minimum.at(fill_frame, pair_hole[later], frame_o[pair_resend][later])
+            # The first ACK of the other direction at or past each gap's end, after the gap.
+            acks = live & ack_s
+            reach = sg.running_max(np.where(acks, ack_unw_s, NO_SEQ), fd_s)
+            other = hseg[idx] ^ 1
+            after = np.searchsorted(_seg_key(fd_s, frame_o), _seg_key(other, holes["frame"][idx]),
+                                    "right")
+            reached = np.searchsorted(_seg_key(fd_s, reach), _seg_key(other, holes["end"][idx]),
+                                      "left")
+            row = np.minimum(np.maximum(after, reached), n - 1)
+            ok = (np.maximum(after, reached) < n) & (fd_s[row] == other) & (reach[row] >= holes["end"][idx])
+            cover_row[idx[ok]] = row[ok]
+        cover_frame = np.where(cover_row >= 0, frame_o[np.maximum(cover_row, 0)], never)
+        missed = (cover_row >= 0) & (cover_frame < fill_frame)
+        upstream = ~missed & (fill_frame < never)
+        flags_out[cover_row[missed]] |= v.A_ACK_LOST_SEGMENT
+        self.counts.gaps_lost_upstream += int(upstream.sum())
+        self.counts.gaps_missed_by_capture += int(missed.sum())
+        self._holes = holes[~missed & ~upstream]
 
     def _initiators(self, init, fresh, first_row, b: _Batch) -> None:
         """Who initiated each flow that starts in this batch."""
@@ -1121,6 +1190,10 @@ class FlowTracker:
             self._rst_watch = self._rst_watch[np.isin(self._rst_watch["flow_id"], alive_ids)]
         if self._pending.size:
             self._pending = self._pending[np.isin(self._pending["flow_id"], alive_ids)]
+        if self._holes.size:
+            open_ = np.isin(self._holes["flow_id"], alive_ids)
+            self.counts.gaps_unsettled += int((~open_).sum())
+            self._holes = self._holes[open_]
 
     def _emit_flows(self, s: np.ndarray) -> None:
         rows = np.zeros(s.shape[0], FLOW_DTYPE)
@@ -1163,6 +1236,8 @@ class FlowTracker:
 
 # -- helpers --------------------------------------------------------------------------------
 
+_HOLE_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("start", np.int64),
+                        ("end", np.int64), ("frame", np.int64)])
 _PENDING_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("end", np.int64),
                            ("ts_ns", np.int64), ("frame", np.int64), ("retransmitted", np.bool_)])
 _TSVAL_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("tsval", np.uint32),
@@ -1235,6 +1310,12 @@ def _range_key(flow: np.ndarray, direction: np.ndarray, seq: np.ndarray) -> np.n
     """Sortable key for (flow, direction, unwrapped sequence); sequences clipped to +-2**39."""
     bounded = np.clip(seq, -(2**39), 2**39 - 1) + 2**39
     return (((flow.astype(np.int64) << 1) | direction.astype(np.int64)) << 40) | bounded
+
+
+def _seg_key(seg: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Sortable key for (segment number < 2**21, value clipped to +-2**41)."""
+    bounded = np.clip(value, -(2**41), 2**41 - 1) + 2**41
+    return (seg.astype(np.int64) << 42) | bounded
 
 
 def _compound(flow: np.ndarray, direction: np.ndarray, value: np.ndarray) -> np.ndarray:
