@@ -407,3 +407,14 @@ def test_rtt_samples_past_the_cap_are_a_uniform_reservoir():
     assert set(responder.tolist()) == {1_000_000, 2_000_000, 3_000_000}
     assert len(set(kept["flow_id"].tolist())) > 60  # from all over the capture, not the start
     assert kept["flow_id"].max() > 200
+
+
+@pytest.mark.parametrize("quiet_ms, phase", [(10, "response_in_flight"), (5000, "established_idle")])
+def test_responder_reset_soon_after_sending_aborts_its_response(quiet_ms, phase):
+    f = handshake(Flow())
+    f.add(3, "c", 1001, 5001, TH_ACK | TH_PSH, payload=100)
+    f.add(4, "s", 5001, 1101, TH_ACK | TH_PSH, payload=500)
+    f.add(5, "c", 1101, 5501, TH_ACK)  # everything the server sent is acknowledged
+    f.add(4 + quiet_ms, "s", 5501, 1101, TH_RST | TH_ACK)
+    (r,) = rst_rows(f)
+    assert v.PHASE_NAMES[r["phase"]] == phase

@@ -47,6 +47,7 @@ STATE_DTYPE = np.dtype(
         ("next_seq_ts", np.int64, (2,)),  # when next_seq was last raised
         ("dir_first_ts", np.int64, (2,)), ("dir_last_ts", np.int64, (2,)),
         ("last_data_frame", np.int64, (2,)),
+        ("last_data_ts", np.int64, (2,)),  # when that payload was seen
         ("packets", np.int64, (2,)), ("payload_bytes", np.int64, (2,)),
         ("retransmissions", np.int64, (2,)), ("fast_retransmissions", np.int64, (2,)),
         ("spurious_retransmissions", np.int64, (2,)), ("out_of_order", np.int64, (2,)),
@@ -155,7 +156,7 @@ RTT_DTYPE = np.dtype(
 def blank_state(n: int) -> np.ndarray:
     state = np.zeros(n, STATE_DTYPE)
     for name in ("first_ts", "last_ts", "syn_ts", "synack_ts", "hs_ack_ts", "last_ack_ts",
-                 "next_seq_ts", "dir_first_ts", "dir_last_ts", "fin_ts", "first_rst_ts"):
+                 "next_seq_ts", "last_data_ts", "dir_first_ts", "dir_last_ts", "fin_ts", "first_rst_ts"):
         state[name] = NO_TIME
     for name in ("next_seq", "max_ack"):
         state[name] = NO_SEQ

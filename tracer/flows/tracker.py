@@ -66,6 +66,9 @@ DEFAULT_OOO_THRESHOLD_NS = 3_000_000  # Wireshark: 3 ms when no initial RTT is k
 # carry the same timestamp to the microsecond, while a real resend waits for a timer or ACKs.
 DUPLICATE_WINDOW_NS = 50_000
 MAX_WSCALE = 14  # RFC 7323: larger shifts are treated as 14
+# A responder that sent data less than this before an RST was still answering; after a longer
+# quiet spell (keep-alive idle, application think time) the connection counts as idle.
+RESPONSE_QUIET_NS = 1_000_000_000
 # RTT samples kept in full before a uniform reservoir takes over (~40 bytes each).
 DEFAULT_MAX_RTT_SAMPLES = 500_000
 
@@ -583,6 +586,8 @@ class FlowTracker:
                              (init["fin_ts"] >= 0).astype(np.int64)),
                 "last_data_frame": (live_f & (payload[fo] > 0), lambda j: frame[fo[j]],
                                     init["last_data_frame"]),
+                "last_data_ts": (live_f & (payload[fo] > 0), lambda j: ts[fo[j]],
+                                 init["last_data_ts"]),
                 "ttl": (nonrst_f, lambda j: p["ttl"][fo[j]].astype(np.int64),
                         init["ttl_last"].astype(np.int64)),
                 "ipid": (nonrst_f, lambda j: ipid_p[fo[j]], init["ipid_last"].astype(np.int64)),
@@ -665,6 +670,9 @@ class FlowTracker:
         dlt = sg.reduce_by(np.maximum, ts[o], seg, nseg, NO_TIME)
         fin_state["dir_last_ts"] = np.maximum(fin_state["dir_last_ts"], dlt.reshape(nf, 2))
         ldf = sg.reduce_by(np.maximum, np.where(live & (pay_s > 0), frame[o], 0), seg, nseg, 0)
+        ldt = sg.reduce_by(np.maximum, np.where(live & (pay_s > 0), ts[o], NO_TIME), seg, nseg,
+                           NO_TIME)
+        fin_state["last_data_ts"] = np.maximum(fin_state["last_data_ts"], ldt.reshape(nf, 2))
         fin_state["last_data_frame"] = np.maximum(fin_state["last_data_frame"], ldf.reshape(nf, 2))
         counters = (
             ("packets", np.ones(n, bool)),
@@ -1107,7 +1115,13 @@ class FlowTracker:
         resp_data = np.where(side == 1, at_rst("last_data_frame", True), at_rst("last_data_frame", False))
         phase = np.full(n_r, v.PHASE_ESTABLISHED_IDLE, np.int64)
         phase[(init_data > resp_data)] = v.PHASE_REQUEST_IN_FLIGHT
-        phase[(resp_data > init_data) & (out1 > 0)] = v.PHASE_RESPONSE_IN_FLIGHT
+        # The responder spoke last: a response is under way while some of it is unacknowledged,
+        # or when the responder itself resets moments after sending (it aborts its answer). An
+        # initiator resetting after everything it received was acknowledged closes an idle
+        # connection (e.g. a proxy ending a server connection after a complete answer).
+        resp_data_ts = np.where(side == 1, at_rst("last_data_ts", True), at_rst("last_data_ts", False))
+        aborting = (side == 1) & (resp_data_ts >= 0) & (t - resp_data_ts < RESPONSE_QUIET_NS)
+        phase[(resp_data > init_data) & ((out1 > 0) | aborting)] = v.PHASE_RESPONSE_IN_FLIGHT
         phase[~established] = v.PHASE_HANDSHAKE
         phase[~established & (side == 1) & syn_seen & ~synack_seen_before] = v.PHASE_REFUSED
         phase[fin_before] = v.PHASE_CLOSING

@@ -63,7 +63,8 @@ PHASE_REFUSED = 0  # the responder answered a SYN with RST (port closed, rejecte
 PHASE_HANDSHAKE = 1  # before the three-way handshake completed
 PHASE_ESTABLISHED_IDLE = 2  # established, nothing unanswered or unacknowledged
 PHASE_REQUEST_IN_FLIGHT = 3  # the initiator sent data last and no answer came yet
-PHASE_RESPONSE_IN_FLIGHT = 4  # the responder sent data last and some is unacknowledged
+PHASE_RESPONSE_IN_FLIGHT = 4  # the responder sent data last: some unacknowledged, or the
+# responder itself resets less than 1 s after sending
 PHASE_CLOSING = 5  # after a FIN from either side
 PHASE_NO_STATE = 6  # the RST is the first packet of its flow in the capture
 PHASE_NAMES = (
