@@ -26,7 +26,7 @@ LAB_DIR = ROOT / "captures" / "lab"
 OUT = LAB_DIR / "out"
 RST_FILTER = "tcp.flags.reset==1 && !icmp"
 SCENARIOS = ["client-abort", "server-reset", "server-refused", "timeout-server", "tcp-reject",
-             "timeout-client", "nolinger"]
+             "timeout-client", "nolinger", "http-deny", "timeout-connect", "silent-drop"]
 ROLES = {"client", "haproxy", "server", "network"}
 
 
@@ -99,6 +99,25 @@ def test_committed_scenarios_show_their_cause() -> None:
     assert causes["tcp-reject"] == {("frontend", "haproxy", "haproxy")}
     assert causes["timeout-client"] == set()  # idle clients: HAProxy closes with FINs
     assert ("frontend", "haproxy", "client") in causes["nolinger"]  # the same, nolinger: RSTs
+    assert causes["http-deny"] == set()  # deny: 403 + FIN; reject (HTTP/1.1): a bare FIN
+    assert causes["timeout-connect"] == set()  # unanswered SYNs are abandoned without an RST
+    assert causes["silent-drop"] == {("frontend", "haproxy", "haproxy")}
+
+
+def test_silent_drop_rsts_carry_ttl_1() -> None:
+    """Without CAP_NET_ADMIN, silent-drop resets with IP TTL 1; the truth records each TTL."""
+    capture, truth = OUT / "silent-drop.pcapng", OUT / "silent-drop.truth.csv"
+    out = subprocess.run(["tshark", "-n", "-r", str(capture), "-Y", RST_FILTER, "-T", "fields",
+                          "-e", "frame.number", "-e", "ip.ttl"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    ttls = dict(line.split("\t") for line in out.splitlines())
+    with open(truth, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        assert row["ip_ttl"] == ttls[row["frame"]]
+        dropped = row["intent"] in ("silent-dropped", "tcp-silent-dropped")
+        assert (row["ip_ttl"] == "1") == dropped, row
+    assert sum(row["ip_ttl"] == "1" for row in rows) == 10  # 6 http + 4 tcp dropped clients
 
 
 @pytest.mark.netns

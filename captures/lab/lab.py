@@ -9,7 +9,8 @@ Rules:
   Re-runnable: outputs are written to a temporary directory and moved into `--out` only when
   the whole scenario succeeded and its truth checked out.
 - Everything created is removed at the end, also on errors or ^C: first the processes it
-  started (by PID: SIGTERM, then SIGKILL), then the namespaces (which takes their veths and
+  started (by PID: SIGTERM, then SIGKILL), then the nft table a scenario added in a namespace
+  (`FIREWALL`: a server that drops SYNs), then the namespaces (which takes their veths and
   bridge with them), then the temporary directory. Every wait has a deadline; dumpcap runs
   with `-a duration:N`, the backends with `--duration`, the client with `--deadline`.
 
@@ -95,6 +96,12 @@ INTENTS: dict[str, tuple[str, str, str, str]] = {
     "tcp-rejected": ("tcp", "", "ok", "rejected"),
     "client-idle-no-request": ("http", "c", "ok", "idle"),
     "tcp-client-idle": ("tcp", "", "ok", "complete"),
+    "http-denied": ("http", "x", "ok", "complete"),
+    "http-rejected": ("http", "j", "ok", "complete"),
+    "blackhole-redispatch": ("http", "r", "ok", "complete"),
+    "blackhole-only": ("http", "d", "ok", "complete"),
+    "silent-dropped": ("http", "c", "ok", "rejected"),
+    "tcp-silent-dropped": ("tcp", "", "ok", "rejected"),
 }
 
 # Whose behaviour an intent's non-routine RSTs come from. Complete exchanges ("ok" intents,
@@ -108,8 +115,11 @@ OWNER = {
     "server-stall": "server", "tcp-server-stall": "server",
     "rejected": "haproxy", "tcp-rejected": "haproxy",
     "client-idle-no-request": "client", "tcp-client-idle": "client",
+    "http-denied": "haproxy", "http-rejected": "haproxy",
+    "blackhole-redispatch": "haproxy", "blackhole-only": "haproxy",
+    "silent-dropped": "haproxy", "tcp-silent-dropped": "haproxy",
 }
-COMPLETE = {"http-ok", "http-slow", "tcp-ok", "refused-redispatch"}
+COMPLETE = {"http-ok", "http-slow", "tcp-ok", "refused-redispatch", "blackhole-redispatch"}
 
 # HAProxy's 2-letter termination state each intent must produce (regex); None: no log line.
 EXPECTED_STATE: dict[str, str | None] = {
@@ -121,6 +131,9 @@ EXPECTED_STATE: dict[str, str | None] = {
     "server-stall": "sH", "tcp-server-stall": "s[DH]",
     "rejected": None, "tcp-rejected": None,
     "client-idle-no-request": "cR", "tcp-client-idle": "cD",
+    "http-denied": "PR", "http-rejected": "PR",
+    "blackhole-redispatch": "--", "blackhole-only": "sC",
+    "silent-dropped": None, "tcp-silent-dropped": None,
 }
 
 SCENARIOS: dict[str, dict[str, int]] = {
@@ -137,8 +150,17 @@ SCENARIOS: dict[str, dict[str, int]] = {
                        "tcp-client-idle": 6},
     "nolinger": {"http-ok": 8, "tcp-ok": 4, "client-idle-no-request": 5, "tcp-client-idle": 5,
                  "client-rst-waiting": 3},
+    "http-deny": {"http-ok": 8, "tcp-ok": 3, "http-denied": 6, "http-rejected": 6},
+    "timeout-connect": {"http-ok": 8, "tcp-ok": 3, "blackhole-redispatch": 8,
+                        "blackhole-only": 4},
+    "silent-drop": {"http-ok": 8, "tcp-ok": 4, "silent-dropped": 6, "tcp-silent-dropped": 4},
 }
 NOLINGER_SCENARIOS = {"nolinger"}  # their configs have `option nolinger`
+# Scenarios whose truth has an extra column: the IP TTL of each RST (silent-drop's fallback).
+TTL_SCENARIOS = {"silent-drop"}
+# An nft rule the lab adds in one namespace for a scenario (and removes): (role, input rule).
+NFT_TABLE = "tracer_lab"
+FIREWALL = {"timeout-connect": ("s2", "tcp dport 8082 drop")}  # a server that drops SYNs
 SHORT_SCENARIO = {"client-abort": {"http-ok": 3, "tcp-ok": 2, "client-rst-waiting": 3,
                                    "tcp-client-rst-waiting": 2},
                   "server-reset": {"http-ok": 2, "server-rst-before": 2, "server-rst-mid": 2,
@@ -175,6 +197,7 @@ class Lab:
     workdir: Path
     _created: list[str] = field(default_factory=list)
     _procs: list[subprocess.Popen] = field(default_factory=list)
+    _firewalled: list[str] = field(default_factory=list)
 
     def ns(self, role: str) -> str:
         return f"{self.base}-{role}"
@@ -207,6 +230,12 @@ class Lab:
                        f"; for q in /sys/class/net/{iface}/queues/rx-*; "
                        "do echo 1 > $q/rps_cpus; done")
                 self.sh(role, f"ip link set {iface} gso_max_segs 1 up{rps}")
+
+    def firewall(self, role: str, rule: str) -> None:
+        self._firewalled.append(role)
+        self.sh(role, f"nft add table inet {NFT_TABLE} && nft add chain inet {NFT_TABLE} input "
+                      f"'{{ type filter hook input priority 0; policy accept; }}' && "
+                      f"nft add rule inet {NFT_TABLE} input {rule}")
 
     def sh(self, role: str, script: str) -> str:
         return _check(["ip", "netns", "exec", self.ns(role), "sh", "-c", script])
@@ -258,6 +287,11 @@ class Lab:
                 self.stop(proc)
         finally:
             errors = []
+            for role in self._firewalled:  # also goes with the namespace; removed explicitly
+                if os.path.exists(f"/run/netns/{self.ns(role)}"):
+                    subprocess.run(["ip", "netns", "exec", self.ns(role), "nft", "delete",
+                                    "table", "inet", NFT_TABLE], capture_output=True,
+                                   timeout=30, check=False)
             for name in self._created:
                 if os.path.exists(f"/run/netns/{name}"):
                     done = subprocess.run(["ip", "netns", "del", name], capture_output=True,
@@ -291,6 +325,8 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
     lab = Lab(base=f"{NS_PREFIX}{suffix}", workdir=workdir)
     try:
         lab.build()
+        if name in FIREWALL:
+            lab.firewall(*FIREWALL[name])
         py = sys.executable
         backends = []
         for server, addr in SERVER_ADDRS.items():
@@ -332,13 +368,16 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
                      if line.strip()]
         rows, summary = build_truth(capture, plan, clients, servers, log_lines,
                                     nolinger=name in NOLINGER_SCENARIOS)
+        if name in FIREWALL:
+            summary["firewall"] = lab.sh(FIREWALL[name][0], f"nft list table inet {NFT_TABLE}")
         out_dir.mkdir(parents=True, exist_ok=True)
         staged = workdir / "staged"
         staged.mkdir()
         shutil.copy(capture, staged / f"{name}.pcapng")
         (staged / f"{name}.haproxy.log").write_text("\n".join(log_lines) + "\n")
         with open(staged / f"{name}.truth.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, TRUTH_FIELDS)
+            writer = csv.DictWriter(handle, TRUTH_FIELDS + (["ip_ttl"] if name in TTL_SCENARIOS
+                                                            else []), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         for path in staged.iterdir():
@@ -366,7 +405,7 @@ def tshark_tcp(capture: Path) -> list[dict]:
     """Every TCP segment (not quoted in ICMP) with the fields the truth needs."""
     fields = ["frame.number", "frame.time_epoch", "ip.src", "tcp.srcport", "ip.dst",
               "tcp.dstport", "tcp.stream", "tcp.flags.reset", "tcp.flags.syn",
-              "tcp.flags.ack", "tcp.flags.fin"]
+              "tcp.flags.ack", "tcp.flags.fin", "ip.ttl"]
     argv = ["tshark", "-n", "-r", str(capture), "-Y", "tcp && !icmp", "-T", "fields",
             "-E", "separator=\t"]
     for name in fields:
@@ -383,7 +422,8 @@ def tshark_tcp(capture: Path) -> list[dict]:
                        "stream": int(frame["tcp.stream"]),
                        "rst": frame["tcp.flags.reset"] in ("1", "True"),
                        "syn": frame["tcp.flags.syn"] in ("1", "True"),
-                       "fin": frame["tcp.flags.fin"] in ("1", "True")})
+                       "fin": frame["tcp.flags.fin"] in ("1", "True"),
+                       "ttl": int(frame["ip.ttl"])})
     return frames
 
 
@@ -521,7 +561,8 @@ def build_truth(capture: Path, plan: list[dict], clients: list[dict], servers: l
                      "routine": str(verdict[1]).lower(), "conn_id": conn,
                      "intent": rec["intent"],
                      "termination_state": entry["state"] if entry else "not-logged",
-                     "haproxy_log": entry["line"] if entry else ""})
+                     "haproxy_log": entry["line"] if entry else "",
+                     "ip_ttl": frame["ttl"]})
     if problems:
         raise LabError("lab bug, truth and log disagree:\n  " + "\n  ".join(problems[:40]))
 
@@ -549,6 +590,8 @@ def build_truth(capture: Path, plan: list[dict], clients: list[dict], servers: l
     return rows, {"connections": len(clients), "intents": intents, "frames": len(frames),
                   "rsts": len(rows), "rsts_by": dict(sorted(by_cause.items())),
                   "log_lines": len(logs), "first_close": closes,
+                  "rst_ttls": sorted({f"{row['leg']}/{row['sender_role']}:{row['ip_ttl']}"
+                                      for row in rows}),
                   "states": sorted({f"{rec['intent']}:{logs[rec['src']]['state']}"
                                     for rec in clients if rec["src"] in logs})}
 
