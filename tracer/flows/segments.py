@@ -6,8 +6,16 @@ seen before this segment", "the last ACK this side sent") becomes a scan restric
 segments, seeded with the value carried over from earlier batches. These functions are those
 scans, each a few whole-array operations.
 
-Rules: `seg` is a non-decreasing array of segment numbers 0..nseg-1 (rows sorted by it);
-`init` has one value per segment. "Exclusive" scans look only at earlier rows.
+Rules: `seg` is a non-decreasing array of segment numbers 0..nseg-1 (rows sorted by it), given
+either as an array or as a `Segments`, which computes the segment boundaries once for the many
+scans a batch runs over the same order; `init` has one value per segment. "Exclusive" scans
+look only at earlier rows.
+
+Theory: a scan that must restart at every segment start costs the same as a global one when
+the restart can be folded into the values. Indices only grow, so "the last valid row before
+this one" is a global running max of valid row indices, kept only when it is not before the
+row's segment start. Values are lifted above every earlier segment's (value + segment * span)
+so one global running max never carries a value across a boundary.
 """
 
 from __future__ import annotations
@@ -17,108 +25,156 @@ import numpy as np
 _LIMIT = np.int64(2**62)
 
 
+class Segments:
+    """A sorted segment-number array with its boundaries computed once."""
+
+    __slots__ = ("seg", "n", "nseg", "starts", "first_rows", "last_rows", "start_row",
+                 "first_seg", "last_seg", "rows", "_seg64")
+
+    def __init__(self, seg: np.ndarray, nseg: int | None = None) -> None:
+        self.seg = seg
+        self.n = n = seg.shape[0]
+        self.starts = starts_of(seg)
+        self.first_rows = np.flatnonzero(self.starts)
+        last = np.ones(n, bool)
+        if n:
+            last[:-1] = self.starts[1:]
+        self.last_rows = np.flatnonzero(last)
+        self.first_seg = seg[self.first_rows]
+        self.last_seg = seg[self.last_rows]
+        self.nseg = (int(seg[-1]) + 1 if n else 0) if nseg is None else nseg
+        self.rows = np.arange(n, dtype=np.int64)
+        # Row index of the start of each row's segment.
+        self.start_row = np.maximum.accumulate(np.where(self.starts, self.rows, 0)) if n \
+            else np.zeros(0, np.int64)
+        self._seg64 = None
+
+    @property
+    def seg64(self) -> np.ndarray:
+        if self._seg64 is None:
+            self._seg64 = self.seg.astype(np.int64)
+        return self._seg64
+
+
+def _segments(seg) -> Segments:
+    return seg if isinstance(seg, Segments) else Segments(seg)
+
+
 def starts_of(seg: np.ndarray) -> np.ndarray:
     """Bool per row: first row of its segment."""
     first = np.ones(seg.shape, bool)
     if seg.size:
-        first[1:] = seg[1:] != seg[:-1]
+        np.not_equal(seg[1:], seg[:-1], out=first[1:])
     return first
 
 
-def running_max(values: np.ndarray, seg: np.ndarray) -> np.ndarray:
+def running_max(values: np.ndarray, seg) -> np.ndarray:
     """Inclusive running maximum of int64 values within each segment."""
     if values.size == 0:
-        return values.copy()
-    values = values.astype(np.int64)
+        return values.astype(np.int64)
+    s = _segments(seg)
+    values = values.astype(np.int64, copy=False)
     lo = values.min()
     span = int(values.max() - lo) + 1
-    nseg = int(seg[-1]) + 1
-    if span * nseg < int(_LIMIT):
-        # Lift each segment above all earlier ones; one global accumulate then stays inside.
-        lifted = (values - lo) + seg.astype(np.int64) * span
-        return np.maximum.accumulate(lifted) - seg.astype(np.int64) * span + lo
+    if span * s.nseg < int(_LIMIT):
+        lift = s.seg64 * span
+        lifted = values - lo
+        lifted += lift
+        out = np.maximum.accumulate(lifted)
+        out -= lift
+        out += lo
+        return out
     # Values too far apart to lift: doubling steps, log2(longest segment) of them.
     out = values.copy()
     step = 1
     n = out.shape[0]
+    segv = s.seg
     while step < n:
-        same = seg[step:] == seg[:-step]
+        same = segv[step:] == segv[:-step]
         candidate = np.where(same, out[:-step], out[step:])
         out[step:] = np.maximum(out[step:], candidate)
         step *= 2
     return out
 
 
-def exclusive_max(values: np.ndarray, seg: np.ndarray, init: np.ndarray) -> np.ndarray:
+def exclusive_max(values: np.ndarray, seg, init: np.ndarray) -> np.ndarray:
     """Max of `init[seg]` and the values of earlier rows of the same segment."""
-    inclusive = running_max(values, seg)
-    out = init[seg].astype(np.int64)
+    s = _segments(seg)
+    inclusive = running_max(values, s)
+    out = init[s.seg].astype(np.int64)
     if values.size > 1:
-        same = seg[1:] == seg[:-1]
-        prev = np.where(same, inclusive[:-1], np.iinfo(np.int64).min)
-        out[1:] = np.maximum(out[1:], prev)
+        prev = inclusive[:-1]
+        np.maximum(out[1:], prev, out=out[1:], where=~s.starts[1:])
     return out
 
 
-def last_index_before(valid: np.ndarray, seg: np.ndarray) -> np.ndarray:
+def last_index_before(valid: np.ndarray, seg) -> np.ndarray:
     """Index of the last earlier row of the same segment where `valid`, or -1."""
+    s = _segments(seg)
     n = valid.shape[0]
-    idx = np.where(valid, np.arange(n, dtype=np.int64), -1)
-    inclusive = running_max(idx, seg)
-    out = np.full(n, -1, np.int64)
+    out = np.empty(n, np.int64)
+    if n == 0:
+        return out
+    out[0] = -1
     if n > 1:
-        same = seg[1:] == seg[:-1]
-        out[1:] = np.where(same, inclusive[:-1], -1)
+        idx = np.where(valid[:-1], s.rows[:-1], -1)
+        np.maximum.accumulate(idx, out=out[1:])
+        out[out < s.start_row] = -1
     return out
 
 
-def ffill_before(values: np.ndarray, valid: np.ndarray, seg: np.ndarray,
+def ffill_before(values: np.ndarray, valid: np.ndarray, seg,
                  init: np.ndarray) -> np.ndarray:
     """The value of the last earlier `valid` row of the same segment, else `init[seg]`."""
-    prev = last_index_before(valid, seg)
-    out = init[seg].copy()
-    has = prev >= 0
-    out[has] = values[prev[has]]
+    s = _segments(seg)
+    prev = last_index_before(valid, s)
+    out = init[s.seg]
+    if values.size:
+        has = prev >= 0
+        np.copyto(out, values[prev], where=has, casting="unsafe")
     return out
 
 
-def cumsum_in(values: np.ndarray, seg: np.ndarray, init: np.ndarray) -> np.ndarray:
+def cumsum_in(values: np.ndarray, seg, init: np.ndarray) -> np.ndarray:
     """Inclusive cumulative sum within segments, starting from `init[seg]`."""
-    values = values.astype(np.int64)
+    s = _segments(seg)
+    values = values.astype(np.int64, copy=False)
     total = np.cumsum(values)
-    start = np.maximum.accumulate(np.where(starts_of(seg), np.arange(values.shape[0]), 0))
-    before_segment = total[start] - values[start]
-    return total - before_segment + init[seg]
+    if values.size == 0:
+        return total
+    before_segment = total[s.start_row] - values[s.start_row]
+    total -= before_segment
+    total += init[s.seg]
+    return total
 
 
-def last_of(values: np.ndarray, seg: np.ndarray, nseg: int, fill) -> np.ndarray:
+def last_of(values: np.ndarray, seg, nseg: int, fill) -> np.ndarray:
     """The last row's value in each segment (`fill` for empty segments)."""
+    s = _segments(seg)
     out = np.full(nseg, fill, dtype=values.dtype)
     if values.size:
-        last = np.ones(seg.shape, bool)
-        last[:-1] = seg[1:] != seg[:-1]
-        out[seg[last]] = values[last]
+        out[s.last_seg] = values[s.last_rows]
     return out
 
 
-def first_of(values: np.ndarray, seg: np.ndarray, nseg: int, fill) -> np.ndarray:
+def first_of(values: np.ndarray, seg, nseg: int, fill) -> np.ndarray:
+    s = _segments(seg)
     out = np.full(nseg, fill, dtype=values.dtype)
     if values.size:
-        first = starts_of(seg)
-        out[seg[first]] = values[first]
+        out[s.first_seg] = values[s.first_rows]
     return out
 
 
-def reduce_by(ufunc: np.ufunc, values: np.ndarray, seg: np.ndarray, nseg: int,
+def reduce_by(ufunc: np.ufunc, values: np.ndarray, seg, nseg: int,
               fill) -> np.ndarray:
     """`ufunc` over each segment's values (seg sorted); `fill` where a segment has no rows.
 
     The sorted-segment counterpart of `ufunc.at`, which is unbuffered and many times slower.
     """
+    s = _segments(seg)
     out = np.full(nseg, fill, dtype=values.dtype)
     if values.size:
-        starts = np.flatnonzero(starts_of(seg))
-        out[seg[starts]] = ufunc.reduceat(values, starts)
+        out[s.first_seg] = ufunc.reduceat(values, s.first_rows)
     return out
 
 
@@ -131,3 +187,38 @@ def reduce_by_key(ufunc: np.ufunc, values: np.ndarray, keys: np.ndarray
         return k, vals
     starts = np.flatnonzero(starts_of(k))
     return k[starts], ufunc.reduceat(vals, starts)
+
+
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """`np.argsort(keys, kind="stable")` for non-negative integer keys, faster when they are
+    small: numpy radix-sorts 16-bit keys, so keys below 2**32 are sorted in two stable 16-bit
+    passes (low half, then high half), several times cheaper than a merge sort of int64."""
+    if keys.size == 0:
+        return np.zeros(0, np.int64)
+    top = int(keys.max())
+    if top < 2**16 and int(keys.min()) >= 0:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    if top < 2**32 and int(keys.min()) >= 0:
+        k = keys.astype(np.int64, copy=False)
+        low = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
+        high = np.argsort((k[low] >> 16).astype(np.uint16), kind="stable")
+        return low[high]
+    return np.argsort(keys, kind="stable")
+
+
+def dense_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, index of each value among them): `np.unique(values,
+    return_inverse=True)` for integers, without a sort when their range is a few times the
+    row count (a presence table, then a running count)."""
+    if values.size == 0:
+        return values.copy(), np.zeros(0, np.int64)
+    lo, hi = int(values.min()), int(values.max())
+    span = hi - lo + 1
+    if span > 4 * values.size + 1024:
+        uniq, inverse = np.unique(values, return_inverse=True)
+        return uniq, inverse.reshape(-1)
+    offset = values - lo
+    present = np.zeros(span, bool)
+    present[offset] = True
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present) + lo, rank[offset]

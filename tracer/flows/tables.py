@@ -153,18 +153,63 @@ RTT_DTYPE = np.dtype(
 )
 
 
-def blank_state(n: int) -> np.ndarray:
-    state = np.zeros(n, STATE_DTYPE)
-    for name in ("first_ts", "last_ts", "syn_ts", "synack_ts", "hs_ack_ts", "last_ack_ts",
-                 "next_seq_ts", "last_data_ts", "dir_first_ts", "dir_last_ts", "fin_ts", "first_rst_ts"):
-        state[name] = NO_TIME
-    for name in ("next_seq", "max_ack"):
-        state[name] = NO_SEQ
-    state["min_seq"] = 2**62
-    state["last_window"] = -1
-    state["wscale"] = -1
-    state["ttl_last"] = -1
-    state["ipid_last"] = -1
-    state["flow_id"] = -1
-    state["last_dir"] = -1
-    return state
+# Fill values of STATE_DTYPE fields that do not start at zero.
+_STATE_FILL = {
+    **dict.fromkeys(("first_ts", "last_ts", "syn_ts", "synack_ts", "hs_ack_ts", "last_ack_ts",
+                     "next_seq_ts", "last_data_ts", "dir_first_ts", "dir_last_ts", "fin_ts",
+                     "first_rst_ts"), NO_TIME),
+    "next_seq": NO_SEQ, "max_ack": NO_SEQ, "min_seq": 2**62,
+    **dict.fromkeys(("last_window", "wscale", "ttl_last", "ipid_last", "flow_id", "last_dir"), -1),
+}
+
+
+class StateTable:
+    """The active-flow state as a struct of arrays: one contiguous array per STATE_DTYPE field.
+
+    Why not a structured array: a state row is ~660 bytes, so reading one field of many flows
+    from rows touches a cache line per flow, and gathering whole rows copies fields nobody
+    reads. Columns make each field access a dense array. Indexing follows a structured array:
+    `t["name"]` is that field's array (a view: writes go to the table), `t[rows]` is a new
+    table of those rows, `t[rows] = other` and `t["name"] = values` assign in place.
+    """
+
+    __slots__ = ("cols",)
+
+    def __init__(self, cols: dict[str, np.ndarray]) -> None:
+        self.cols = cols
+
+    @classmethod
+    def blank(cls, n: int) -> StateTable:
+        cols = {}
+        for name in STATE_DTYPE.names:
+            dtype, _ = STATE_DTYPE.fields[name][:2]
+            base = dtype.base
+            cols[name] = np.full((n, *dtype.shape), _STATE_FILL.get(name, 0), base)
+        return cls(cols)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.cols["flow_id"].shape[0],)
+
+    def __len__(self) -> int:
+        return self.cols["flow_id"].shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self.cols[key]
+        return StateTable({name: col[key] for name, col in self.cols.items()})
+
+    def __setitem__(self, key, value) -> None:
+        if isinstance(key, str):
+            self.cols[key][...] = value
+        else:
+            for name, col in self.cols.items():
+                col[key] = value.cols[name]
+
+    def concatenate(self, other: StateTable) -> StateTable:
+        return StateTable({name: np.concatenate((col, other.cols[name]))
+                           for name, col in self.cols.items()})
+
+
+def blank_state(n: int) -> StateTable:
+    return StateTable.blank(n)

@@ -227,10 +227,10 @@ class FlowTracker:
             st[fresh] = blank_state(new.size)
             st["a_hi"][fresh], st["a_lo"][fresh], st["a_port"][fresh] = a[0][rows], a[1][rows], a[2][rows]
             st["b_hi"][fresh], st["b_lo"][fresh], st["b_port"][fresh] = b[0][rows], b[1][rows], b[2][rows]
-            keys = np.concatenate((self.sorted_keys, uniq[new]))
-            slots = np.concatenate((self.sorted_slots, fresh))
-            order = np.argsort(keys, kind="stable")
-            self.sorted_keys, self.sorted_slots = keys[order], slots[order]
+            # uniq is sorted, so the new keys merge in with one search.
+            at = np.searchsorted(self.sorted_keys, uniq[new])
+            self.sorted_keys = np.insert(self.sorted_keys, at, uniq[new])
+            self.sorted_slots = np.insert(self.sorted_slots, at, fresh)
         # Two 4-tuples with one 64-bit hash (odds ~ flows**2 / 2**65) would share a slot:
         # compare the endpoints and count such packets rather than merge them silently.
         known = np.flatnonzero(found)
@@ -249,7 +249,7 @@ class FlowTracker:
         free = np.flatnonzero(~self.in_use)
         if free.size < n:
             grow = max(self.state.shape[0], n)
-            self.state = np.concatenate((self.state, blank_state(grow)))
+            self.state = self.state.concatenate(blank_state(grow))
             self.in_use = np.concatenate((self.in_use, np.zeros(grow, bool)))
             free = np.flatnonzero(~self.in_use)
         chosen = free[:n]
@@ -266,7 +266,7 @@ class FlowTracker:
         syn_only = (flags & (TH_SYN | TH_ACK)) == TH_SYN
         # Per (slot, endpoint), in frame order: the sender's reference sequence number.
         se = b.slot * 2 + endpoint
-        order = np.argsort(se, kind="stable")
+        order = sg.stable_argsort(se)
         se_sorted = se[order]
         seg = np.cumsum(sg.starts_of(se_sorted)) - 1
         nseg = int(seg[-1]) + 1
@@ -293,7 +293,7 @@ class FlowTracker:
         st["ref_valid"][seg_slot, seg_end] = True
 
         # Flow starts: a slot's first packet when it has no flow yet, and every reusing SYN.
-        by_slot = np.argsort(b.slot, kind="stable")
+        by_slot = sg.stable_argsort(b.slot)
         slot_sorted = b.slot[by_slot]
         first_in_slot = sg.starts_of(slot_sorted)
         starts_sorted = reuse[by_slot] | (first_in_slot & (st["flow_id"][slot_sorted] < 0))
@@ -321,7 +321,7 @@ class FlowTracker:
     def _analyze(self, b: _Batch) -> None:
         p, st = b.p, self.state
         n = p.shape[0]
-        uniq_flow, dense = np.unique(b.flow_id, return_inverse=True)
+        uniq_flow, dense = sg.dense_ids(b.flow_id)
         nf = uniq_flow.shape[0]
         # Slot of each dense flow, and the initial state of each: the slot's state for the flow
         # that continues from earlier batches, a blank one for flows that start here.
@@ -355,10 +355,12 @@ class FlowTracker:
 
         # Flow-direction order.
         fd = dense * 2 + direction
-        o = np.argsort(fd, kind="stable")
+        o = sg.stable_argsort(fd)
         fd_s = fd[o]
         seg = fd_s  # segments numbered by fd directly (2 per dense flow)
         nseg = 2 * nf
+        S = sg.Segments(fd_s, nseg)
+        ts_o, frame_o, ack_o = ts[o], frame[o], ack_raw[o]
         init_fd = lambda name: init[name].reshape(-1)  # noqa: E731 - (nf, 2) -> per fd
 
         # Bases: the state's, else the earlier of this direction's first segment and the other
@@ -369,14 +371,14 @@ class FlowTracker:
         first_seq_frame = np.full(nseg, np.iinfo(np.int64).max)
         firsts = sg.starts_of(fd_s)
         first_seq[fd_s[firsts]] = seq_raw[o][firsts]
-        first_seq_frame[fd_s[firsts]] = frame[o][firsts]
+        first_seq_frame[fd_s[firsts]] = frame_o[firsts]
         ack_rows = np.flatnonzero(ackf)
         first_ack = np.full(nseg, -1, np.int64)
         first_ack_frame = np.full(nseg, np.iinfo(np.int64).max)
         if ack_rows.size:
             # The first ACK sent *in* direction fd names the sequence space of fd ^ 1.
             target = fd[ack_rows] ^ 1
-            ordr = np.lexsort((frame[ack_rows], target))
+            ordr = sg.stable_argsort(target)  # ACK rows are in frame order already
             t_sorted = target[ordr]
             firsts_t = sg.starts_of(t_sorted)
             first_ack[t_sorted[firsts_t]] = ack_raw[ack_rows][ordr][firsts_t]
@@ -391,9 +393,9 @@ class FlowTracker:
         rel = (seq_raw[o] - base[fd_s]) & MASK32
         prev_rel = np.where(init_fd("base_valid") & (init_fd("packets") > 0),
                             init_fd("seq_last_rel").astype(np.int64), 0)
-        prev_rel_row = sg.ffill_before(rel, np.ones(n, bool), seg, prev_rel)
+        prev_rel_row = sg.ffill_before(rel, np.ones(n, bool), S, prev_rel)
         start_unw = np.where(init_fd("packets") > 0, init_fd("seq_last"), 0)
-        seq_unw = sg.cumsum_in(_wrap32(rel - prev_rel_row), seg, start_unw)
+        seq_unw = sg.cumsum_in(_wrap32(rel - prev_rel_row), S, start_unw)
         syn_s, fin_s, rst_s, ack_s = syn[o], fin[o], rst[o], ackf[o]
         pay_s = payload[o]
         seg_len = pay_s + syn_s + fin_s
@@ -403,16 +405,19 @@ class FlowTracker:
         ar = np.flatnonzero(ack_s)
         if ar.size:
             aseg = seg[ar]
-            arel = (ack_raw[o][ar] - base[aseg ^ 1]) & MASK32
+            AS = sg.Segments(aseg, nseg)
+            arel = (ack_o[ar] - base[aseg ^ 1]) & MASK32
             had = init_fd("acked_once")
             prev_arel = np.where(had, init_fd("ack_last_rel").astype(np.int64), 0)
-            prev_arel_row = sg.ffill_before(arel, np.ones(ar.size, bool), aseg, prev_arel)
-            ack_unw_s[ar] = sg.cumsum_in(_wrap32(arel - prev_arel_row), aseg,
+            prev_arel_row = sg.ffill_before(arel, np.ones(ar.size, bool), AS, prev_arel)
+            ack_unw_s[ar] = sg.cumsum_in(_wrap32(arel - prev_arel_row), AS,
                                          np.where(had, init_fd("ack_last"), 0))
 
         # Flow order (dense flow, frame), and where each flow-direction row sits in it.
-        fo = np.argsort(dense, kind="stable")
+        fo = sg.stable_argsort(dense)
         fseg = dense[fo]
+        FS = sg.Segments(fseg, nf)
+        ts_fo, frame_fo = ts[fo], frame[fo]
         inv_o = np.empty(n, np.int64)
         inv_o[o] = np.arange(n)
         at_o = inv_o[fo]  # position in flow-direction order of each flow-order row
@@ -423,7 +428,7 @@ class FlowTracker:
         # nothing from the other side in between (a resend follows ACKs or a timer). The
         # flow's last packet of the previous batch is remembered by its fingerprint.
         fp = _fingerprint(p)
-        fp_f, dir_fo, ts_f = fp[fo], direction[fo], ts[fo]
+        fp_f, dir_fo, ts_f = fp[fo], direction[fo], ts_fo
         first_f = sg.starts_of(fseg)
         prev_fp = np.empty(n, np.uint64)
         prev_dir = np.empty(n, np.int64)
@@ -440,27 +445,27 @@ class FlowTracker:
 
         # Highest sequence end seen before each segment (this direction).
         ends_live = np.where(live & ~rst_s, end, NO_SEQ)
-        next_before = sg.exclusive_max(ends_live, seg, init_fd("next_seq"))
+        next_before = sg.exclusive_max(ends_live, S, init_fd("next_seq"))
         has_next = next_before > NO_SEQ
         # Previous live segment of this direction: its ACK, window, time.
-        prev_idx = sg.last_index_before(live, seg)
+        prev_idx = sg.last_index_before(live, S)
         has_prev = (prev_idx >= 0) | (init_fd("packets")[seg] > 0)
-        prev_ack_raw = np.where(prev_idx >= 0, ack_raw[o][np.maximum(prev_idx, 0)],
+        prev_ack_raw = np.where(prev_idx >= 0, ack_o[np.maximum(prev_idx, 0)],
                                 init_fd("last_ack_raw")[seg].astype(np.int64))
         prev_win = np.where(prev_idx >= 0, win_raw[o][np.maximum(prev_idx, 0)],
                             init_fd("last_window")[seg])
         # When the highest sequence end was last raised (Wireshark's nextseqtime).
         advanced = live & ~rst_s & (end > next_before)
-        next_seq_ts = sg.ffill_before(ts[o], advanced, seg, init_fd("next_seq_ts"))
+        next_seq_ts = sg.ffill_before(ts_o, advanced, S, init_fd("next_seq_ts"))
 
         win_s = win_raw[o]
         pure = ~(syn_s | fin_s | rst_s)
         dupack = (live & (pay_s == 0) & (win_s != 0) & (win_s == prev_win) & has_prev
-                  & (seq_unw == next_before) & (ack_raw[o] == prev_ack_raw) & pure & ack_s)
+                  & (seq_unw == next_before) & (ack_o == prev_ack_raw) & pure & ack_s)
         # Position in the current run of duplicate ACKs: a new ACK value resets it (Wireshark).
-        resets = live & ~dupack & (~has_prev | (ack_raw[o] != prev_ack_raw))
-        last_reset = sg.last_index_before(resets, seg)
-        dup_total = sg.cumsum_in(dupack.astype(np.int64), seg, np.zeros(nseg, np.int64))
+        resets = live & ~dupack & (~has_prev | (ack_o != prev_ack_raw))
+        last_reset = sg.last_index_before(resets, S)
+        dup_total = sg.cumsum_in(dupack.astype(np.int64), S, np.zeros(nseg, np.int64))
         dup_count = np.where(
             last_reset >= 0,
             dup_total - dup_total[np.maximum(last_reset, 0)],
@@ -498,17 +503,17 @@ class FlowTracker:
         for d in (0, 1):
             mine = dir_f == d
             end_vals = np.where(mine & live_f & ~rst_s[at_o], end[at_o], NO_SEQ)
-            other[("next_seq", d)] = sg.exclusive_max(end_vals, fseg, init["next_seq"][:, d])
+            other[("next_seq", d)] = sg.exclusive_max(end_vals, FS, init["next_seq"][:, d])
             ack_mask = mine & live_f & ack_s[at_o]
             other[("last_ack", d)] = sg.ffill_before(
-                ack_unw_s[at_o], ack_mask, fseg,
+                ack_unw_s[at_o], ack_mask, FS,
                 np.where(init["acked_once"][:, d], init["ack_last"][:, d], NO_SEQ))
-            other[("last_ack_ts", d)] = sg.ffill_before(ts[fo], ack_mask, fseg, init["last_ack_ts"][:, d])
+            other[("last_ack_ts", d)] = sg.ffill_before(ts_fo, ack_mask, FS, init["last_ack_ts"][:, d])
             other[("window", d)] = sg.ffill_before(
-                win_scaled[at_o], mine & live_f, fseg,
+                win_scaled[at_o], mine & live_f, FS,
                 np.where(init["last_window"][:, d] >= 0,
                          _scale(init["last_window"][:, d], shift_fd.reshape(nf, 2)[:, d]), -1))
-            other[("dupacks", d)] = sg.ffill_before(dup_count[at_o], ack_mask, fseg, init["dupacks"][:, d])
+            other[("dupacks", d)] = sg.ffill_before(dup_count[at_o], ack_mask, FS, init["dupacks"][:, d])
 
         def rev(name: str) -> np.ndarray:
             """The other direction's value, in flow-direction order."""
@@ -533,11 +538,11 @@ class FlowTracker:
         ack_lost = live & ack_s & (rev_next > NO_SEQ) & (ack_unw_s > rev_next) & ~syn_s
         retrans_like = (live & ((seg_len > 0) | syn_s | fin_s) & has_next & (seq_unw < next_before)
                         & ~keep_alive & ~rst_s)
-        since_raise = ts[o] - next_seq_ts
+        since_raise = ts_o - next_seq_ts
         ooo_threshold = np.where(initial_rtt[fd_s // 2] > 0, initial_rtt[fd_s // 2],
                                  DEFAULT_OOO_THRESHOLD_NS)
         fast = (retrans_like & (rev_dupacks >= 2) & (rev_last_ack == seq_unw)
-                & ((ts[o] - rev_last_ack_ts) < FAST_RETRANSMISSION_WINDOW_NS))
+                & ((ts_o - rev_last_ack_ts) < FAST_RETRANSMISSION_WINDOW_NS))
         ooo = (retrans_like & ~fast & (next_seq_ts >= 0) & (since_raise < ooo_threshold)
                & (next_before != end))
         spurious = (retrans_like & ~fast & ~ooo & (pay_s > 0) & (rev_last_ack > NO_SEQ)
@@ -552,7 +557,7 @@ class FlowTracker:
                           (plain, v.A_RETRANSMISSION), (dup, v.A_DUPLICATE)):
             flags_out[mask] |= bit
         flags_out[b.reused_flag[o]] |= v.A_REUSED_PORTS
-        self._settle_holes(uniq_flow, fd_s, frame[o], seq_unw, end, live, ack_s, ack_unw_s,
+        self._settle_holes(uniq_flow, fd_s, frame_o, seq_unw, end, live, ack_s, ack_unw_s,
                            retrans_like, lost, next_before, flags_out)
         for bit, name in enumerate(v.SEGMENT_FLAG_NAMES):
             hits = int(np.count_nonzero(flags_out & (1 << bit)))
@@ -562,7 +567,7 @@ class FlowTracker:
         self.counts.data_segments += int(np.count_nonzero(live & (pay_s > 0)))
 
         # RTT samples.
-        own_max_ack = sg.exclusive_max(np.where(live & ack_s, ack_unw_s, NO_SEQ), seg,
+        own_max_ack = sg.exclusive_max(np.where(live & ack_s, ack_unw_s, NO_SEQ), S,
                                        init_fd("max_ack"))
         ack_rtt = self._data_rtt(uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, pay_s,
                                  rst_s, retrans_like, ts, frame, own_max_ack)
@@ -603,8 +608,8 @@ class FlowTracker:
                 mine, theirs = found[(name, 0)], found[(name, 1)]
                 return np.where((rdir == 0) == own_side, mine, theirs)
 
-            b.flow_first = (sg.first_of(ts[fo], fseg, nf, NO_TIME),
-                            sg.first_of(frame[fo], fseg, nf, 0))
+            b.flow_first = (sg.first_of(ts_fo, FS, nf, NO_TIME),
+                            sg.first_of(frame_fo, FS, nf, 0))
             b.flow_order = (fo_pos, fseg, dir_f, nonrst_f)
             self._rst_events(b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
                              rev_window, rev_next, at_rst)
@@ -612,7 +617,7 @@ class FlowTracker:
 
         if self.keep_segments:
             rows = np.zeros(n, SEGMENT_DTYPE)
-            rows["frame"] = frame[o]
+            rows["frame"] = frame_o
             rows["flow_id"] = uniq_flow[fd_s // 2]
             rows["direction"] = fd_s % 2
             rows["flags"] = flags_out
@@ -631,46 +636,45 @@ class FlowTracker:
         fin_state["base_valid"] = base_valid.reshape(nf, 2)
         seg_count = np.bincount(fd_s, minlength=nseg)
         present = seg_count > 0
-        last_rel = sg.last_of(rel, seg, nseg, 0)
-        last_unw = sg.last_of(seq_unw, seg, nseg, 0)
+        last_rel = sg.last_of(rel, S, nseg, 0)
+        last_unw = sg.last_of(seq_unw, S, nseg, 0)
         _set_fd(fin_state, "seq_last_rel", present, (last_rel & MASK32).astype(np.uint32))
         _set_fd(fin_state, "seq_last", present, last_unw)
         if ar.size:
-            aseg = seg[ar]
             acked = np.zeros(nseg, bool)
             acked[aseg] = True
-            arel_all = (ack_raw[o][ar] - base[aseg ^ 1]) & MASK32
+            arel_all = (ack_o[ar] - base[aseg ^ 1]) & MASK32
             _set_fd(fin_state, "ack_last_rel", acked,
-                    (sg.last_of(arel_all, aseg, nseg, 0) & MASK32).astype(np.uint32))
-            _set_fd(fin_state, "ack_last", acked, sg.last_of(ack_unw_s[ar], aseg, nseg, 0))
+                    (sg.last_of(arel_all, AS, nseg, 0) & MASK32).astype(np.uint32))
+            _set_fd(fin_state, "ack_last", acked, sg.last_of(ack_unw_s[ar], AS, nseg, 0))
             _set_fd(fin_state, "last_ack_raw", acked,
-                    sg.last_of(ack_raw[o][ar], aseg, nseg, 0).astype(np.uint32))
+                    sg.last_of(ack_o[ar], AS, nseg, 0).astype(np.uint32))
             _set_fd(fin_state, "acked_once", acked, np.ones(nseg, bool))
-            maxack = sg.reduce_by(np.maximum, np.where(live[ar], ack_unw_s[ar], NO_SEQ), aseg,
+            maxack = sg.reduce_by(np.maximum, np.where(live[ar], ack_unw_s[ar], NO_SEQ), AS,
                                   nseg, NO_SEQ)
             fin_state["max_ack"] = np.maximum(fin_state["max_ack"], maxack.reshape(nf, 2))
-            lat = sg.reduce_by(np.maximum, ts[o][ar], aseg, nseg, NO_TIME)
+            lat = sg.reduce_by(np.maximum, ts_o[ar], AS, nseg, NO_TIME)
             fin_state["last_ack_ts"] = np.maximum(fin_state["last_ack_ts"], lat.reshape(nf, 2))
-        nxt = sg.reduce_by(np.maximum, ends_live, seg, nseg, NO_SEQ)
+        nxt = sg.reduce_by(np.maximum, ends_live, S, nseg, NO_SEQ)
         fin_state["next_seq"] = np.maximum(fin_state["next_seq"], nxt.reshape(nf, 2))
-        mins = sg.reduce_by(np.minimum, np.where(live & ~rst_s, seq_unw, 2**62), seg, nseg, 2**62)
+        mins = sg.reduce_by(np.minimum, np.where(live & ~rst_s, seq_unw, 2**62), S, nseg, 2**62)
         fin_state["min_seq"] = np.minimum(fin_state["min_seq"], mins.reshape(nf, 2))
-        _set_fd(fin_state, "last_window", present, sg.last_of(win_s, seg, nseg, 0))
+        _set_fd(fin_state, "last_window", present, sg.last_of(win_s, S, nseg, 0))
         fin_state["wscale"] = wscale_fd.reshape(nf, 2).astype(np.int8)
-        last_dup = sg.last_of(dup_count, seg, nseg, 0)
+        last_dup = sg.last_of(dup_count, S, nseg, 0)
         _set_fd(fin_state, "dupacks", present, last_dup)
         raised = np.zeros(nseg, bool)
         raised[seg[advanced]] = True
-        last_raise = sg.reduce_by(np.maximum, np.where(advanced, np.arange(n), -1), seg, nseg, -1)
-        _set_fd(fin_state, "next_seq_ts", raised, ts[o][np.maximum(last_raise, 0)])
-        firsts_ts = sg.first_of(ts[o], seg, nseg, NO_TIME)
+        last_raise = sg.reduce_by(np.maximum, np.where(advanced, np.arange(n), -1), S, nseg, -1)
+        _set_fd(fin_state, "next_seq_ts", raised, ts_o[np.maximum(last_raise, 0)])
+        firsts_ts = sg.first_of(ts_o, S, nseg, NO_TIME)
         dft = fin_state["dir_first_ts"].reshape(-1)
         dft[present & (dft < 0)] = firsts_ts[present & (dft < 0)]
         fin_state["dir_first_ts"] = dft.reshape(nf, 2)
-        dlt = sg.reduce_by(np.maximum, ts[o], seg, nseg, NO_TIME)
+        dlt = sg.reduce_by(np.maximum, ts_o, S, nseg, NO_TIME)
         fin_state["dir_last_ts"] = np.maximum(fin_state["dir_last_ts"], dlt.reshape(nf, 2))
-        ldf = sg.reduce_by(np.maximum, np.where(live & (pay_s > 0), frame[o], 0), seg, nseg, 0)
-        ldt = sg.reduce_by(np.maximum, np.where(live & (pay_s > 0), ts[o], NO_TIME), seg, nseg,
+        ldf = sg.reduce_by(np.maximum, np.where(live & (pay_s > 0), frame_o, 0), S, nseg, 0)
+        ldt = sg.reduce_by(np.maximum, np.where(live & (pay_s > 0), ts_o, NO_TIME), S, nseg,
                            NO_TIME)
         fin_state["last_data_ts"] = np.maximum(fin_state["last_data_ts"], ldt.reshape(nf, 2))
         fin_state["last_data_frame"] = np.maximum(fin_state["last_data_frame"], ldf.reshape(nf, 2))
@@ -693,16 +697,16 @@ class FlowTracker:
             weights = np.where(live, pay_s, 0) if mask is None else mask.astype(np.int64)
             fin_state[name] += np.bincount(seg, weights=weights, minlength=nseg).astype(np.int64).reshape(nf, 2)
         never = np.iinfo(np.int64).max
-        fts = sg.reduce_by(np.minimum, np.where(fin_s & live, ts[o], never), seg, nseg, never)
+        fts = sg.reduce_by(np.minimum, np.where(fin_s & live, ts_o, never), S, nseg, never)
         fts = np.where(fts == np.iinfo(np.int64).max, NO_TIME, fts).reshape(nf, 2)
         fin_state["fin_ts"] = np.where(fin_state["fin_ts"] >= 0, fin_state["fin_ts"], fts)
-        rts = sg.reduce_by(np.minimum, np.where(rst_s & live, ts[o], never), seg, nseg, never)
+        rts = sg.reduce_by(np.minimum, np.where(rst_s & live, ts_o, never), S, nseg, never)
         rts = np.where(rts == np.iinfo(np.int64).max, NO_TIME, rts).reshape(nf, 2)
         fin_state["first_rst_ts"] = np.where(fin_state["first_rst_ts"] >= 0,
                                              fin_state["first_rst_ts"], rts)
         has_ttl = np.zeros(nseg, bool)
         has_ttl[seg[~rst_s]] = True
-        last_nonrst = sg.reduce_by(np.maximum, np.where(~rst_s, np.arange(n), -1), seg, nseg, -1)
+        last_nonrst = sg.reduce_by(np.maximum, np.where(~rst_s, np.arange(n), -1), S, nseg, -1)
         _set_fd(fin_state, "ttl_last", has_ttl,
                 p["ttl"][o][np.maximum(last_nonrst, 0)].astype(np.int16))
         ipid = np.where(p["ip_version"][o] == 4, p["ip_id"][o].astype(np.int64), -1)
@@ -714,18 +718,18 @@ class FlowTracker:
         last_f[:-1] = fseg[1:] != fseg[:-1]
         fin_state["last_fp"][fseg[last_f]] = fp_f[last_f]
         fin_state["last_dir"][fseg[last_f]] = dir_fo[last_f]
-        fft = sg.reduce_by(np.minimum, ts[fo], fseg, nf, np.iinfo(np.int64).max)
+        fft = sg.reduce_by(np.minimum, ts_fo, FS, nf, np.iinfo(np.int64).max)
         fin_state["first_ts"] = np.where(fin_state["first_ts"] >= 0, fin_state["first_ts"], fft)
-        flt = sg.reduce_by(np.maximum, ts[fo], fseg, nf, NO_TIME)
+        flt = sg.reduce_by(np.maximum, ts_fo, FS, nf, NO_TIME)
         fin_state["last_ts"] = np.maximum(fin_state["last_ts"], flt)
-        ffr = sg.first_of(frame[fo], fseg, nf, np.iinfo(np.int64).max)
+        ffr = sg.first_of(frame_fo, FS, nf, np.iinfo(np.int64).max)
         fin_state["first_frame"] = np.where(fin_state["first_frame"] > 0, fin_state["first_frame"], ffr)
-        lfr = sg.last_of(frame[fo], fseg, nf, 0)
+        lfr = sg.last_of(frame_fo, FS, nf, 0)
         fin_state["last_frame"] = np.maximum(fin_state["last_frame"], lfr)
 
         # The last flow of each slot stays active; earlier ones (replaced by reuse) finish.
         last_of_slot = np.zeros(nf, bool)
-        order_slot = np.lexsort((uniq_flow, flow_slot))
+        order_slot = sg.stable_argsort(flow_slot)  # then by flow id: uniq_flow is sorted
         slot_sorted = flow_slot[order_slot]
         ends_slot = np.ones(nf, bool)
         ends_slot[:-1] = slot_sorted[1:] != slot_sorted[:-1]
