@@ -163,14 +163,14 @@ _STATE_FILL = {
 }
 
 
-class StateTable:
-    """The active-flow state as a struct of arrays: one contiguous array per STATE_DTYPE field.
+class Columns:
+    """A table as a struct of arrays, indexed like a structured array.
 
-    Why not a structured array: a state row is ~660 bytes, so reading one field of many flows
-    from rows touches a cache line per flow, and gathering whole rows copies fields nobody
-    reads. Columns make each field access a dense array. Indexing follows a structured array:
-    `t["name"]` is that field's array (a view: writes go to the table), `t[rows]` is a new
-    table of those rows, `t[rows] = other` and `t["name"] = values` assign in place.
+    Why not a structured array: a row of the flow state is ~660 bytes, so reading one field of
+    many flows from rows touches a cache line per flow, and gathering whole rows copies fields
+    nobody reads. Columns make each field access a dense array. `t["name"]` is that field's
+    array (a view: writes go to the table), `t[rows]` a new table of those rows, `t[rows] =
+    other` and `t["name"] = values` assign in place.
     """
 
     __slots__ = ("cols",)
@@ -179,25 +179,25 @@ class StateTable:
         self.cols = cols
 
     @classmethod
-    def blank(cls, n: int) -> StateTable:
-        cols = {}
-        for name in STATE_DTYPE.names:
-            dtype, _ = STATE_DTYPE.fields[name][:2]
-            base = dtype.base
-            cols[name] = np.full((n, *dtype.shape), _STATE_FILL.get(name, 0), base)
-        return cls(cols)
+    def empty(cls, dtype: np.dtype, n: int = 0) -> Columns:
+        return cls({name: np.zeros((n, *dtype.fields[name][0].shape), dtype.fields[name][0].base)
+                    for name in dtype.names})
 
     @property
     def shape(self) -> tuple[int]:
-        return (self.cols["flow_id"].shape[0],)
+        return (len(self),)
+
+    @property
+    def size(self) -> int:
+        return len(self)
 
     def __len__(self) -> int:
-        return self.cols["flow_id"].shape[0]
+        return next(iter(self.cols.values())).shape[0]
 
     def __getitem__(self, key):
         if isinstance(key, str):
             return self.cols[key]
-        return StateTable({name: col[key] for name, col in self.cols.items()})
+        return type(self)({name: col[key] for name, col in self.cols.items()})
 
     def __setitem__(self, key, value) -> None:
         if isinstance(key, str):
@@ -206,9 +206,23 @@ class StateTable:
             for name, col in self.cols.items():
                 col[key] = value.cols[name]
 
-    def concatenate(self, other: StateTable) -> StateTable:
-        return StateTable({name: np.concatenate((col, other.cols[name]))
+    def concatenate(self, other: Columns) -> Columns:
+        return type(self)({name: np.concatenate((col, other.cols[name]))
                            for name, col in self.cols.items()})
+
+
+class StateTable(Columns):
+    """The active-flow state (STATE_DTYPE's fields), one column per field."""
+
+    __slots__ = ()
+
+    @classmethod
+    def blank(cls, n: int) -> StateTable:
+        cols = {}
+        for name in STATE_DTYPE.names:
+            dtype = STATE_DTYPE.fields[name][0]
+            cols[name] = np.full((n, *dtype.shape), _STATE_FILL.get(name, 0), dtype.base)
+        return cls(cols)
 
 
 def blank_state(n: int) -> StateTable:

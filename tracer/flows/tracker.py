@@ -55,6 +55,7 @@ from tracer.flows.tables import (
     RTT_KIND_HANDSHAKE_RESPONDER,
     RTT_KIND_TIMESTAMP,
     SEGMENT_DTYPE,
+    Columns,
     blank_state,
 )
 from tracer.packet import OPT_TIMESTAMP, OPT_WSCALE, TH_ACK, TH_FIN, TH_RST, TH_SYN
@@ -136,11 +137,11 @@ class FlowTracker:
         self._rtts: list[np.ndarray] = []
         self._segments: list[np.ndarray] = []
         # Data segments not yet acknowledged, carried for data RTT across batches.
-        self._pending = np.zeros(0, _PENDING_DTYPE)
+        self._pending = Columns.empty(_PENDING_DTYPE)
         # Gaps in a sender's sequence numbers not yet settled (see _settle_holes).
         self._holes = np.zeros(0, _HOLE_DTYPE)
         # TSvals not yet echoed, carried for timestamp RTT across batches.
-        self._tsvals = np.zeros(0, _TSVAL_DTYPE)
+        self._tsvals = Columns.empty(_TSVAL_DTYPE)
         # RST events whose sender may still send: (flow_id, direction, index into RST rows).
         self._rst_watch = np.zeros(0, _WATCH_DTYPE)
         self._rst_rows = 0
@@ -569,12 +570,11 @@ class FlowTracker:
         # RTT samples.
         own_max_ack = sg.exclusive_max(np.where(live & ack_s, ack_unw_s, NO_SEQ), S,
                                        init_fd("max_ack"))
-        ack_rtt = self._data_rtt(uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, pay_s,
-                                 rst_s, retrans_like, ts, frame, own_max_ack)
+        ack_rtt = self._data_rtt(uniq_flow, fd_s, live, ack_s, ack_unw_s, end, pay_s,
+                                 rst_s, retrans_like, ts_o, frame_o, own_max_ack)
         self._handshake_rtt(hs, uniq_flow, init)
-        live_p = np.empty(n, bool)
-        live_p[o] = live  # packet order
-        self._timestamp_rtt(b, uniq_flow, dense, direction, live_p, ts, frame)
+        p_o = {name: p[name][o] for name in ("opt_present", "tsval", "tsecr")}
+        self._timestamp_rtt(p_o, uniq_flow, fd_s, live, ack_s, ts_o, frame_o)
 
         # RST events.
         rst_rows = np.flatnonzero(rst_s & live)
@@ -906,150 +906,148 @@ class FlowTracker:
         if rows:
             self._keep_rtts(np.concatenate(rows))
 
-    def _data_rtt(self, uniq_flow, o, fd_s, live, ack_s, ack_unw_s, end, payload, rst_s,
-                  retrans_like, ts, frame, own_max_ack):
-        """Data RTT: segment -> first ACK acknowledging exactly its end (Karn's rule)."""
-        n = o.shape[0]
+    def _data_rtt(self, uniq_flow, fd_s, live, ack_s, ack_unw_s, end, payload, rst_s,
+                  retrans_like, ts_o, frame_o, own_max_ack):
+        """Data RTT: segment -> first ACK acknowledging exactly its end (Karn's rule).
+
+        Data segments wait in `self._pending`, sorted by (flow, direction, end, frame). Rows of
+        a batch arrive in flow-direction order with ends mostly rising, so sorting them and
+        merging them in are near-linear (timsort finds the runs). An ACK that advances its
+        direction's cumulative ACK then finds the latest data segment with exactly its end,
+        sent before it, with one binary search.
+        """
+        n = fd_s.shape[0]
         ack_rtt = np.full(n, -1, np.int64)
-        flow_of = uniq_flow[fd_s // 2]
-        direction = fd_s % 2
+        flow_of = uniq_flow[fd_s >> 1]
+        direction = fd_s & 1
         # Payload only: the handshake has its own samples, and a FIN's ACK often waits for the
         # other application's close.
-        data = live & (payload > 0) & ~rst_s
-        new = np.zeros(int(data.sum()), _PENDING_DTYPE)
-        new["flow_id"] = flow_of[data]
-        new["direction"] = direction[data]
-        new["end"] = end[data]
-        new["ts_ns"] = ts[o][data]
-        new["frame"] = frame[o][data]
-        new["retransmitted"] = retrans_like[data]
-        pending = np.concatenate((self._pending, new))
-        # Queries: ACKs that advance the cumulative ACK of their direction.
-        q = live & ack_s & (ack_unw_s > own_max_ack)
-        qi = np.flatnonzero(q)
-        if pending.size and qi.size:
-            # Merge data rows and queries; within (flow, data direction, end), sort by frame,
-            # so a query's latest earlier data row with that end is found by a forward fill.
-            qf, qd, qe = flow_of[qi], direction[qi] ^ 1, ack_unw_s[qi]
-            keys = np.concatenate((_range_key(pending["flow_id"], pending["direction"], pending["end"]),
-                                   _range_key(qf, qd, qe)))
-            keys_frame = np.concatenate((pending["frame"], frame[o][qi]))
-            is_data = np.concatenate((np.ones(pending.size, bool), np.zeros(qi.size, bool)))
-            order = np.lexsort((keys_frame, keys))
-            ks = keys[order]
-            group = np.ones(order.size, bool)
-            group[1:] = ks[1:] != ks[:-1]
-            gseg = np.cumsum(group) - 1
-            prev = sg.last_index_before(is_data[order], gseg)
-            query_pos = np.flatnonzero(~is_data[order])
-            matched = prev[query_pos] >= 0
-            data_idx = order[prev[query_pos][matched]]
-            q_idx = order[query_pos[matched]] - pending.size
-            good = ~pending["retransmitted"][data_idx]
-            # Karn, for cumulative ACKs: no sample from an ACK that also covers resent data,
-            # since it may answer the resend and its delay includes the recovery.
-            resent = pending[pending["retransmitted"]]
-            if resent.size:
-                keys = _range_key(resent["flow_id"], resent["direction"], resent["end"])
-                by_key = np.argsort(keys, kind="stable")
-                rk, rframe = keys[by_key], resent["frame"][by_key]
-                qrows = q_idx
-                qflow, qdir = qf[qrows], qd[qrows]
-                lo_key = _range_key(qflow, qdir, own_max_ack[qi][qrows])
-                hi_key = _range_key(qflow, qdir, qe[qrows])
-                first = np.searchsorted(rk, lo_key, "right")
-                last = np.searchsorted(rk, hi_key, "right")
-                ack_frames = frame[o][qi][qrows]
-                # Only resends sent before the ACK count; ranges holding one are rare (one per
-                # recovery episode), so they are checked one by one.
-                for k in np.flatnonzero(last > first):
-                    if (rframe[first[k]:last[k]] < ack_frames[k]).any():
-                        good[k] = False
-            # Karn: the latest sending before the ACK must be the only one; a resend of the same
-            # range comes later than its original, so checking the latest is enough.
-            # Records without a capture time (pcapng Simple Packet Blocks read as 0) give no RTT.
-            good &= (pending["ts_ns"][data_idx] > 0) & (ts[o][qi][q_idx] > 0)
-            rows_q = qi[q_idx[good]]
-            rtt = ts[o][rows_q] - pending["ts_ns"][data_idx[good]]
-            ack_rtt[rows_q] = rtt
-            if rows_q.size:
-                r = np.zeros(rows_q.size, RTT_DTYPE)
-                r["ts_ns"] = ts[o][rows_q]
-                r["flow_id"] = flow_of[rows_q]
-                r["kind"] = RTT_KIND_DATA
-                r["side"] = direction[rows_q]  # the ACKer's side of the capture point
-                r["rtt_ns"] = rtt
-                r["frame"] = frame[o][rows_q]
-                self._keep_rtts(r)
-        # Keep data not yet acknowledged (per flow and direction), for later batches.
+        di = np.flatnonzero(live & (payload > 0) & ~rst_s)
+        new = Columns({
+            "key": _range_key(flow_of[di], direction[di], end[di]),
+            "flow_id": flow_of[di], "direction": direction[di].astype(np.uint8),
+            "end": end[di], "ts_ns": ts_o[di], "frame": frame_o[di],
+            "retransmitted": retrans_like[di],
+        })
+        pending = self._pending.concatenate(new) if self._pending.size else new
         if pending.size:
-            self._pending = pending  # pruned once the batch's ACKs are in the state
+            # Carried rows come first and are older: a stable sort keeps (key, frame) order.
+            pending = pending[np.argsort(pending["key"], kind="stable")]
+        self._pending = pending  # pruned once the batch's ACKs are in the state
+        # Queries: ACKs that advance the cumulative ACK of their direction.
+        qi = np.flatnonzero(live & ack_s & (ack_unw_s > own_max_ack))
+        if not (pending.size and qi.size):
+            return ack_rtt
+        qf, qd, qe = flow_of[qi], direction[qi] ^ 1, ack_unw_s[qi]
+        qkey = _range_key(qf, qd, qe)
+        qframe = frame_o[qi]
+        pkey, pframe = pending["key"], pending["frame"]
+        # The last pending row with this key; step back past rows sent after the ACK (a resend
+        # of the same range after it: rare, so a few vectorized steps).
+        pos = np.searchsorted(pkey, qkey, "right") - 1
+        same = (pos >= 0) & (pkey[np.maximum(pos, 0)] == qkey)
+        later = same & (pframe[np.maximum(pos, 0)] > qframe)
+        while later.any():
+            pos = np.where(later, pos - 1, pos)
+            same &= (pos >= 0) & (pkey[np.maximum(pos, 0)] == qkey)
+            later = same & (pframe[np.maximum(pos, 0)] > qframe)
+        q_idx = np.flatnonzero(same)
+        data_idx = pos[q_idx]
+        good = ~pending["retransmitted"][data_idx]
+        # Karn, for cumulative ACKs: no sample from an ACK that also covers resent data,
+        # since it may answer the resend and its delay includes the recovery.
+        resent_rows = np.flatnonzero(pending["retransmitted"])
+        if resent_rows.size and q_idx.size:
+            rk, rframe = pkey[resent_rows], pframe[resent_rows]  # sorted by key
+            lo_key = _range_key(qf[q_idx], qd[q_idx], own_max_ack[qi][q_idx])
+            first = np.searchsorted(rk, lo_key, "right")
+            last = np.searchsorted(rk, qkey[q_idx], "right")
+            ack_frames = qframe[q_idx]
+            # Only resends sent before the ACK count; ranges holding one are rare (one per
+            # recovery episode), so they are checked one by one.
+            for k in np.flatnonzero(last > first):
+                if (rframe[first[k]:last[k]] < ack_frames[k]).any():
+                    good[k] = False
+        # Records without a capture time (pcapng Simple Packet Blocks read as 0) give no RTT.
+        good &= (pending["ts_ns"][data_idx] > 0) & (ts_o[qi][q_idx] > 0)
+        rows_q = qi[q_idx[good]]
+        rtt = ts_o[rows_q] - pending["ts_ns"][data_idx[good]]
+        ack_rtt[rows_q] = rtt
+        if rows_q.size:
+            r = np.zeros(rows_q.size, RTT_DTYPE)
+            r["ts_ns"] = ts_o[rows_q]
+            r["flow_id"] = flow_of[rows_q]
+            r["kind"] = RTT_KIND_DATA
+            r["side"] = direction[rows_q]  # the ACKer's side of the capture point
+            r["rtt_ns"] = rtt
+            r["frame"] = frame_o[rows_q]
+            self._keep_rtts(r)
         return ack_rtt
 
-    def _timestamp_rtt(self, b, uniq_flow, dense, direction, live, ts, frame) -> None:
-        """TSval -> the first segment of the other direction echoing it in TSecr."""
-        p = b.p
-        has_ts = live & ((p["opt_present"] & OPT_TIMESTAMP) != 0)
+    def _timestamp_rtt(self, p_o, uniq_flow, fd_s, live, ack_s, ts_o, frame_o) -> None:
+        """TSval -> the first segment of the other direction echoing it in TSecr.
+
+        `self._tsvals` holds, per (flow, direction), the first sending of each TSval not yet
+        superseded by a later echo, sorted by (flow, direction, TSval). Rows come in
+        flow-direction order, where TSvals and TSecrs mostly rise, so the sorts below are
+        near-linear merges of runs.
+        """
+        opt = p_o["opt_present"]
+        has_ts = live & ((opt & OPT_TIMESTAMP) != 0)
         if not has_ts.any() and self._tsvals.size == 0:
             return
-        flow = uniq_flow[dense]
+        flow = uniq_flow[fd_s >> 1]
+        direction = fd_s & 1
+        tsval, tsecr = p_o["tsval"], p_o["tsecr"]
         rows = np.flatnonzero(has_ts)
-        new = np.zeros(rows.size, _TSVAL_DTYPE)
-        new["flow_id"] = flow[rows]
-        new["direction"] = direction[rows]
-        new["tsval"] = p["tsval"][rows]
-        new["ts_ns"] = ts[rows]
-        new["frame"] = frame[rows]
-        # The carried table stays sorted by (flow, direction, tsval) with the first sending of
-        # each; new sendings are sorted and merged in after their equals (older ones win).
-        new_keys = _compound(new["flow_id"], new["direction"], new["tsval"])
-        order = np.argsort(new_keys, kind="stable")
-        new, new_keys = new[order], new_keys[order]
-        old_keys = _compound(self._tsvals["flow_id"], self._tsvals["direction"], self._tsvals["tsval"])
-        at = np.searchsorted(old_keys, new_keys, "right")
-        t = np.insert(self._tsvals, at, new)
-        keys = np.insert(old_keys, at, new_keys)
-        first = np.ones(t.size, bool)
+        new = Columns({
+            "key": _compound(flow[rows], direction[rows], tsval[rows]),
+            "ts_ns": ts_o[rows], "frame": frame_o[rows], "echoed": np.zeros(rows.size, bool),
+        })
+        t = self._tsvals.concatenate(new) if self._tsvals.size else new
+        # Stable: for equal keys the carried (older) sending stays first and wins.
+        t = t[np.argsort(t["key"], kind="stable")]
+        keys = t["key"]
+        first = np.ones(keys.size, bool)
         first[1:] = keys[1:] != keys[:-1]
-        t, comp_t = t[first], keys[first]
-        # Echoes: a segment with ACK whose TSecr differs from the previous one of its direction.
-        echo = has_ts & ((p["flags"] & TH_ACK) != 0) & (p["tsecr"] != 0)
-        er = np.flatnonzero(echo)
-        if er.size and t.size:
-            ekey_f, ekey_d, ekey_v = flow[er], direction[er] ^ 1, p["tsecr"][er]
-            # Only the first echo of each value counts (later ones measure delayed ACKs).
-            ekeys = _compound(ekey_f, ekey_d, ekey_v)
-            eo = np.argsort(ekeys, kind="stable")  # rows are in frame order: first echo first
+        if not first.all():
+            t = t[first]
+            keys = t["key"]
+        # Echoes: segments with ACK whose TSecr is set; only the first echo of each value
+        # counts (later ones measure delayed ACKs).
+        er = np.flatnonzero(has_ts & ack_s & (tsecr != 0))
+        if er.size and keys.size:
+            ekeys = _compound(flow[er], direction[er] ^ 1, tsecr[er])
+            eo = np.argsort(ekeys, kind="stable")  # frame order within a key: first echo first
             ef = np.ones(er.size, bool)
             ef[1:] = ekeys[eo][1:] != ekeys[eo][:-1]
-            er = er[eo[ef]]
-            ekey_f, ekey_d, ekey_v = flow[er], direction[er] ^ 1, p["tsecr"][er]
-            comp_e = _compound(ekey_f, ekey_d, ekey_v)  # the table is sorted by this key
-            pos_c, hit = _find(comp_t, comp_e)
+            er, ekeys = er[eo[ef]], ekeys[eo[ef]]
+            pos_c, hit = _find(keys, ekeys)
             src = pos_c[hit]
-            valid = t["frame"][src] < frame[er[hit]]
+            erh = er[hit]
+            valid = t["frame"][src] < frame_o[erh]
             # A value echoed before (in an earlier batch) gives no second sample.
-            fresh = valid & ~t["echoed"][src] & (t["ts_ns"][src] > 0) & (ts[er[hit]] > 0)
-            done_rows = er[hit][fresh]
-            rtt = ts[done_rows] - t["ts_ns"][src[fresh]]
+            fresh = valid & ~t["echoed"][src] & (t["ts_ns"][src] > 0) & (ts_o[erh] > 0)
+            done_rows = erh[fresh]
             if done_rows.size:
                 r = np.zeros(done_rows.size, RTT_DTYPE)
-                r["ts_ns"] = ts[done_rows]
+                r["ts_ns"] = ts_o[done_rows]
                 r["flow_id"] = flow[done_rows]
                 r["kind"] = RTT_KIND_TIMESTAMP
                 r["side"] = direction[done_rows]
-                r["rtt_ns"] = rtt
-                r["frame"] = frame[done_rows]
+                r["rtt_ns"] = ts_o[done_rows] - t["ts_ns"][src[fresh]]
+                r["frame"] = frame_o[done_rows]
                 self._keep_rtts(r)
             # Forget what is older than the last echoed value; keep that one, marked, so a
             # later echo of it is recognised as a repeat.
             t["echoed"][src[valid]] = True
-            keep = _after_last_echo(t, comp_t)
-            t = t[keep]
+            keep = _after_last_echo(t["echoed"], t["frame"], keys)
+            if not keep.all():
+                t = t[keep]
         if t.size > 4 * max(int(self.in_use.sum()), 1024):
             # Entries of finished flows: dropped now and then, not on every batch.
             alive = np.concatenate((self.state["flow_id"][self.in_use], uniq_flow))
-            t = t[np.isin(t["flow_id"], alive)]
+            t = t[np.isin(t["key"] >> np.int64(33), alive)]
         self._tsvals = t
 
     def _rst_events(self, b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
@@ -1256,9 +1254,10 @@ class FlowTracker:
 
 _HOLE_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("start", np.int64),
                         ("end", np.int64), ("frame", np.int64)])
-_PENDING_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("end", np.int64),
+_PENDING_DTYPE = np.dtype([("key", np.int64),
+                           ("flow_id", np.int64), ("direction", np.uint8), ("end", np.int64),
                            ("ts_ns", np.int64), ("frame", np.int64), ("retransmitted", np.bool_)])
-_TSVAL_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("tsval", np.uint32),
+_TSVAL_DTYPE = np.dtype([("key", np.int64),  # _compound(flow, direction, TSval)
                          ("ts_ns", np.int64), ("frame", np.int64), ("echoed", np.bool_)])
 _WATCH_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("row", np.int64),
                          ("frame", np.int64)])
@@ -1341,14 +1340,13 @@ def _compound(flow: np.ndarray, direction: np.ndarray, value: np.ndarray) -> np.
     return (flow.astype(np.int64) << 33) | (direction.astype(np.int64) << 32) | value.astype(np.int64)
 
 
-def _after_last_echo(t: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def _after_last_echo(echoed: np.ndarray, frame: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Rows to keep of a table sorted by `keys`: per (flow, direction), drop the TSvals sent
     before the last one echoed."""
     group = keys >> np.int64(32)  # (flow, direction), contiguous in key order
-    seg = np.cumsum(sg.starts_of(group)) - 1
-    nseg = int(seg[-1]) + 1 if seg.size else 0
-    last_echo = sg.reduce_by(np.maximum, np.where(t["echoed"], t["frame"], 0), seg, nseg, 0)
-    return t["frame"] >= last_echo[seg]
+    seg = sg.Segments(np.cumsum(sg.starts_of(group)) - 1)
+    last_echo = sg.reduce_by(np.maximum, np.where(echoed, frame, 0), seg, seg.nseg, 0)
+    return frame >= last_echo[seg.seg]
 
 
 def _later_from_sender(b: _Batch, rst_rows: np.ndarray) -> np.ndarray:
