@@ -1,0 +1,195 @@
+"""Attribution (pure): topology, leg joining, and the cause of every RST.
+
+Theory of operation: after the flow stage has finished a capture, `attribute()` takes its
+tables (flows, RSTs, RTT samples), the per-flow timeline kept alongside it
+(tracer.attribution.timeline), and the user's inputs (haproxy.cfg, `--proxy`, HAProxy's log),
+and returns an `Attribution`: the topology used, per-flow legs, the frontend<->backend join,
+and one attribution row per RST (tracer.attribution.rst), plus the log agreement when a log
+was given. Modules: config (haproxy.cfg), logs (HAProxy log lines), topology (roles), join
+(legs), rst (rules), vocab (the closed vocabulary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracer.attribution import vocab as av
+from tracer.attribution.config import Config
+from tracer.attribution.join import Join, join_legs
+from tracer.attribution.rst import (
+    BE_TIMEOUTS,
+    FE_TIMEOUTS,
+    RstAttribution,
+    Settings,
+    attribute_rsts,
+    host_min_rtt,
+)
+from tracer.attribution.timeline import Timeline
+from tracer.attribution.topology import (
+    FlowRoles,
+    Topology,
+    assign_roles,
+    from_config,
+    from_proxy,
+    infer,
+)
+
+
+@dataclass
+class Attribution:
+    topology: Topology
+    flows: np.ndarray  # sorted by flow_id
+    roles: FlowRoles
+    join: Join
+    rsts: np.ndarray  # the flow stage's RST table, in its order
+    result: RstAttribution
+    log: dict | None = None  # agreement with HAProxy's log, when one was given
+    notes: list[str] = field(default_factory=list)
+
+
+def settings_for(topo: Topology, config: Config | None) -> Settings:
+    s = Settings.empty(len(topo.frontends), len(topo.servers))
+    if config is None or topo.source != "config":
+        return s
+    s.known = True
+    fronts = config.frontends
+    backs = config.backends
+    for i, p in enumerate(fronts):
+        s.fe_http[i] = 1 if p.mode == "http" else 0
+        for name in FE_TIMEOUTS:
+            s.fe_timeouts[name][i] = p.timeouts_ns.get(name, -1)
+        if "http-keep-alive" not in p.timeouts_ns and "http-request" in p.timeouts_ns:
+            s.fe_timeouts["http-keep-alive"][i] = p.timeouts_ns["http-request"]
+        s.fe_nolinger[i] = "nolinger" in p.options
+        rejects = [r for r in p.rules if r.keyword == "tcp-request" and r.action == "reject"]
+        s.fe_reject[i] = bool(rejects)
+        s.fe_content_reject[i] = bool(rejects) and all(r.stage == "content" for r in rejects)
+        s.fe_silent_drop[i] = p.has_action("silent-drop")
+    back_index = {p.name: j for j, p in enumerate(backs)}
+    for i, srv in enumerate(topo.servers):
+        j = back_index.get(srv.backend, -1)
+        if j < 0:
+            continue
+        p = backs[j]
+        s.srv_backend[i] = j
+        s.srv_http[i] = 1 if p.mode == "http" else 0
+        for name in BE_TIMEOUTS:
+            s.srv_timeouts[name][i] = p.timeouts_ns.get(name, -1)
+        s.srv_nolinger[i] = "nolinger" in p.options
+        s.srv_check[i] = 1 if any(x.name == srv.name and x.check for x in p.servers) else 0
+    route = np.zeros((max(len(fronts), 1), max(len(backs), 1)), bool)
+    for i, p in enumerate(fronts):
+        for b in config.routes(p):
+            route[i, back_index[b.name]] = True
+        if not config.routes(p):
+            route[i, :] = True  # no routing lines understood: do not restrict
+    s.route_ok = route
+    return s
+
+
+def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: Timeline, *,
+              config: Config | None = None, proxy: list[str] | None = None,
+              log_entries=None) -> Attribution:
+    """Everything attribution says about one capture (see the module docstring)."""
+    flows = flows[np.argsort(flows["flow_id"], kind="stable")]
+    if config is not None:
+        topo = from_config(config)
+    elif proxy:
+        topo = from_proxy(proxy)
+    else:
+        topo = infer(flows)
+    roles = assign_roles(flows, topo)
+    settings = settings_for(topo, config)
+    max_id = int(flows["flow_id"].max()) if flows.shape[0] else -1
+    tl = timeline.table(max_id)[flows["flow_id"]] if flows.shape[0] else timeline.table(-1)
+    first_client_data = tl["first_data_ts"][:, 0]
+    server_backend = np.where(roles.server >= 0, settings.srv_backend[np.maximum(roles.server, 0)], -1)
+    join = join_legs(flows, roles.leg, first_client_data, route_ok=settings.route_ok,
+                     frontend_index=roles.frontend, server_backend=server_backend)
+    log_report = None
+    if log_entries is not None:
+        from tracer.attribution.logs import apply_log_join
+
+        log_report = apply_log_join(log_entries, flows, roles, join, topo)
+    result = attribute_rsts(rsts, flows, tl, roles.leg, roles.frontend, roles.server, join, settings,
+                            timeline.ttl_baseline(), host_min_rtt(rtts, flows))
+    attribution = Attribution(topology=topo, flows=flows, roles=roles, join=join, rsts=rsts,
+                              result=result)
+    if log_entries is not None:
+        from tracer.attribution.logs import agreement
+
+        log_report.update(agreement(log_entries, attribution))
+        attribution.log = log_report
+    return attribution
+
+
+def summary(a: Attribution) -> dict:
+    """The attribution part of a capture's JSON document (see docs/json-schema.md)."""
+    t = a.result.table
+    names = av.REASON_NAMES
+    by_cause: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    by_leg: dict[str, int] = {}
+    by_server: dict[str, dict[str, int]] = {}
+    faults = int((~t["routine"]).sum())
+    for i in range(t.shape[0]):
+        cause = av.CAUSE_NAMES[t["cause"][i]]
+        kind = "routine" if t["routine"][i] else "fault"
+        by_cause.setdefault(cause, {"fault": 0, "routine": 0})[kind] += 1
+        by_reason[names[t["reason"][i]]] = by_reason.get(names[t["reason"][i]], 0) + 1
+        by_leg[av.LEG_NAMES[t["leg"][i]]] = by_leg.get(av.LEG_NAMES[t["leg"][i]], 0) + 1
+        srv = t["server"][i]
+        if srv >= 0:
+            s = a.topology.servers[srv]
+            key = f"{s.backend}/{s.name}"
+            entry = by_server.setdefault(key, {"fault": 0, "routine": 0})
+            entry[kind] += 1
+    return {
+        "topology": a.topology.describe(),
+        "join": a.join.stats,
+        "rst_attribution": {
+            "rsts": int(t.shape[0]),
+            "faults": faults,
+            "routine": int(t.shape[0] - faults),
+            "by_cause": by_cause,
+            "by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+            "by_leg": by_leg,
+            "by_server": by_server,
+        },
+        **({"haproxy_log": a.log} if a.log is not None else {}),
+    }
+
+
+def rst_rows(a: Attribution) -> list[dict]:
+    """One dict per RST (JSON `rst_details` and the CSV's attribution columns)."""
+    t = a.result.table
+    out = []
+    for i in range(t.shape[0]):
+        out.append({
+            "frame": int(t["frame"][i]),
+            "leg": av.LEG_NAMES[t["leg"][i]],
+            "sender": av.ROLE_NAMES[t["sender"][i]],
+            "cause": av.CAUSE_NAMES[t["cause"][i]],
+            "routine": bool(t["routine"][i]),
+            "origin": av.ORIGIN_NAMES[t["origin"][i]],
+            "caused_by_frame": int(t["caused_by_frame"][i]) or None,
+            "delay_s": (int(t["delay_ns"][i]) / 1e9) if t["caused_by_frame"][i] else None,
+            "reason": av.REASON_NAMES[t["reason"][i]],
+            "termination_state": a.result.termination[i],
+            "confidence": round(float(t["confidence"][i]), 3),
+            "server": _server_name(a, int(t["server"][i])),
+            "evidence": a.result.evidence[i],
+        })
+    return out
+
+
+def _server_name(a: Attribution, index: int) -> str | None:
+    if index < 0:
+        return None
+    s = a.topology.servers[index]
+    return f"{s.backend}/{s.name}"
+
+
+__all__ = ["Attribution", "Timeline", "attribute", "rst_rows", "summary"]

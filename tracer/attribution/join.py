@@ -1,0 +1,109 @@
+"""Leg joining: which frontend flow (client <-> HAProxy) each backend flow served (pure).
+
+Rules: HAProxy opens a server connection for a stream it accepted earlier and that is still
+open: in tcp mode right after the accept, in http mode right after the request (or, with
+keep-alive, after a later request). So a backend flow's candidates are the frontend flows
+open at its SYN (started before, not finished), allowed by the routing when the config is
+known (the frontend's `use_backend`/`default_backend` reach the server's backend); among them
+the one whose *trigger* (its client's first payload if it came before the SYN, else its
+accept) is closest before the SYN wins. Several backend flows may join one frontend flow
+(retries, redispatch); a frontend flow HAProxy answered itself or rejected joins none; a
+backend flow open while no frontend flow is (health checks) joins none.
+
+Vectorized: frontend flows are sorted by start; each backend SYN is placed with searchsorted
+and the CANDIDATES nearest earlier starts are scored at once as a (backends x CANDIDATES)
+matrix. A join is *ambiguous* when more than one candidate was possible; the join statistics
+count them. HAProxy log lines, when given, override the packet join for the streams they name
+(tracer.attribution.logs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracer.attribution import vocab as av
+
+CANDIDATES = 32  # frontend flows considered per backend flow (nearest earlier starts)
+NONE = -1
+
+
+@dataclass
+class Join:
+    """Rows are indices into the flow table."""
+
+    front_of: np.ndarray  # per flow: the frontend flow row a backend flow served (-1: none)
+    candidates: np.ndarray  # per flow: how many frontend flows were possible (backend flows)
+    method: np.ndarray  # per flow: 0 none, 1 timing, 2 log
+    stats: dict = field(default_factory=dict)
+
+
+def flow_start(flows: np.ndarray) -> np.ndarray:
+    return np.where(flows["syn_ts"] >= 0, flows["syn_ts"], flows["first_ts"])
+
+
+def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarray,
+              route_ok: np.ndarray | None = None, frontend_index: np.ndarray | None = None,
+              server_backend: np.ndarray | None = None) -> Join:
+    """`first_client_data_ts`: per flow, the initiator's first payload time (-1: none).
+    `route_ok[frontend, backend]`: the config's routing (None: any); `frontend_index` per flow
+    and `server_backend` per flow (backend index of the flow's server, -1 unknown)."""
+    n = flows.shape[0]
+    front_of = np.full(n, NONE, np.int64)
+    candidates = np.zeros(n, np.int32)
+    method = np.zeros(n, np.uint8)
+    fronts = np.flatnonzero(leg == av.LEG_FRONTEND)
+    backs = np.flatnonzero(leg == av.LEG_BACKEND)
+    start = flow_start(flows)
+    if fronts.size and backs.size:
+        f_order = fronts[np.argsort(start[fronts], kind="stable")]
+        f_start = start[f_order]
+        f_last = flows["last_ts"][f_order]
+        data = first_client_data_ts[f_order]
+        b_start = start[backs]
+        top = np.searchsorted(f_start, b_start, side="right") - 1
+        k = np.arange(CANDIDATES)
+        pos = top[:, None] - k[None, :]
+        valid = pos >= 0
+        pos = np.maximum(pos, 0)
+        alive = valid & (f_last[pos] >= b_start[:, None])
+        if route_ok is not None and frontend_index is not None and server_backend is not None:
+            fe = frontend_index[f_order][pos]
+            be = server_backend[backs][:, None]
+            known = (fe >= 0) & (be >= 0)
+            routed = route_ok[np.maximum(fe, 0), np.maximum(be, 0)]
+            alive &= ~known | routed
+        trig_data = data[pos]
+        trigger = np.where((trig_data >= 0) & (trig_data <= b_start[:, None]), trig_data, f_start[pos])
+        delay = np.where(alive, b_start[:, None] - trigger, np.iinfo(np.int64).max)
+        best = np.argmin(delay, axis=1)
+        found = alive[np.arange(backs.size), best]
+        chosen = f_order[pos[np.arange(backs.size), best]]
+        front_of[backs[found]] = chosen[found]
+        candidates[backs] = alive.sum(axis=1)
+        method[backs[found]] = 1
+    joined = front_of[backs] >= 0
+    served = np.unique(front_of[front_of >= 0])
+    stats = {
+        "frontend_flows": int(fronts.size),
+        "backend_flows": int(backs.size),
+        "backend_flows_joined": int(joined.sum()),
+        "backend_flows_unjoined": int((~joined).sum()),
+        "backend_flows_ambiguous": int((candidates[backs] > 1).sum()),
+        "frontend_flows_with_backend": int(served.size),
+        "join_rate": float(joined.mean()) if backs.size else None,
+    }
+    return Join(front_of=front_of, candidates=candidates, method=method, stats=stats)
+
+
+def backends_of(front_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of `front_of`: backend rows sorted by their frontend row, with per frontend row
+    (dense over all flows) the [start, end) slice into them."""
+    n = front_of.shape[0]
+    backs = np.flatnonzero(front_of >= 0)
+    order = backs[np.argsort(front_of[backs], kind="stable")]
+    keys = front_of[order]
+    lo = np.searchsorted(keys, np.arange(n), side="left")
+    hi = np.searchsorted(keys, np.arange(n), side="right")
+    return order, lo, hi

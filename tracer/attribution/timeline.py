@@ -1,0 +1,188 @@
+"""Per-flow timing facts that the flow stage's tables do not carry (pure, stateful per batch).
+
+Rules: fed, batch by batch in capture order, the packet batch and the flow stage's segment rows
+for it (frame, flow id, direction, analysis flags); keeps one row per flow id (ids are dense,
+so the table is an array indexed by id) and a per-address TTL histogram. Capture duplicates
+are left out. Nothing here loops over packets: every update is a sort and a few segmented
+reductions per batch.
+
+Facts kept per flow (TIMELINE_DTYPE):
+- the first close (FIN or RST from either side): time, frame, direction;
+- the *quiet before the close*: the last silence of at least QUIET_MIN_NS (no packet either
+  way) that ended at or before the first close, with the packet that ended it. A timeout
+  HAProxy enforces shows as a silence as long as the timeout, ended by HAProxy's own packet
+  (its 408/504, FIN or RST); a close after a complete exchange has no such silence just before;
+- first and last payload time per direction, first FIN frame per direction.
+
+Per address, the TTL / hop limit of its non-RST packets (a histogram) gives the sender's
+baseline against which an RST's TTL is compared (a middlebox forging that address sits at
+another distance, so its RSTs arrive with another TTL).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracer.flows import vocab as fv
+from tracer.packet import TH_FIN, TH_RST
+
+# HAProxy timeouts are whole milliseconds and in practice 100 ms or more; shorter silences are
+# round trips and think time, not timeouts.
+QUIET_MIN_NS = 100_000_000
+
+TIMELINE_DTYPE = np.dtype(
+    [
+        ("seen", np.bool_),
+        ("last_ts", np.int64),
+        ("first_close_ts", np.int64), ("first_close_frame", np.int64),
+        ("first_close_dir", np.int8),
+        ("quiet_ns", np.int64),  # 0: no silence >= QUIET_MIN_NS before the first close
+        ("quiet_end_ts", np.int64), ("quiet_end_frame", np.int64), ("quiet_end_dir", np.int8),
+        ("first_data_ts", np.int64, (2,)), ("last_data_ts", np.int64, (2,)),
+        ("fin_frame", np.int64, (2,)),
+    ]
+)
+
+
+def blank_timeline(n: int) -> np.ndarray:
+    t = np.zeros(n, TIMELINE_DTYPE)
+    for name in ("last_ts", "first_close_ts", "quiet_end_ts", "first_data_ts", "last_data_ts"):
+        t[name] = -1
+    t["first_close_dir"] = -1
+    t["quiet_end_dir"] = -1
+    return t
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.rows = blank_timeline(1024)
+        # (address hi, address lo, ttl) -> packets, as sorted unique keys with counts
+        self._ttl_keys = np.zeros(0, _TTL_KEY)
+        self._ttl_counts = np.zeros(0, np.int64)
+
+    def add(self, packets: np.ndarray, segments: np.ndarray) -> None:
+        if segments.shape[0] == 0:
+            return
+        # Segment rows -> their packets (both sorted by frame within a batch).
+        order = np.argsort(packets["frame"], kind="stable")
+        pos = order[np.searchsorted(packets["frame"], segments["frame"], sorter=order)]
+        keep = (segments["flags"] & fv.A_DUPLICATE) == 0
+        seg = segments[keep]
+        pk = packets[pos[keep]]
+        self._add_ttls(pk)
+        if seg.shape[0] == 0:
+            return
+        flow = seg["flow_id"]
+        need = int(flow.max()) + 1
+        if need > self.rows.shape[0]:
+            grow = max(need, 2 * self.rows.shape[0])
+            self.rows = np.concatenate((self.rows, blank_timeline(grow - self.rows.shape[0])))
+        o = np.lexsort((seg["frame"], flow))
+        flow, frame = flow[o], seg["frame"][o]
+        direction = seg["direction"][o].astype(np.int8)
+        ts = pk["ts_ns"][o]
+        tcp = pk["flags"][o]
+        payload = pk["payload_len"][o]
+        n = flow.shape[0]
+        start = np.ones(n, bool)
+        start[1:] = flow[1:] != flow[:-1]
+        group = np.cumsum(start) - 1
+        firsts = np.flatnonzero(start)
+        uniq = flow[firsts]
+        st = self.rows
+        prev = np.empty(n, np.int64)
+        prev[1:] = ts[:-1]
+        prev[firsts] = st["last_ts"][uniq]
+        gap = np.where(prev >= 0, ts - prev, 0)
+        # rows up to and including each flow's first close, unless it closed in an earlier batch
+        is_close = (tcp & (TH_FIN | TH_RST)) != 0
+        closes = np.cumsum(is_close)
+        closes_before = closes - is_close - (closes - is_close)[firsts][group]
+        open_before = st["first_close_ts"][uniq][group] < 0
+        upto_close = open_before & (closes_before == 0)
+        long_gap = upto_close & (gap >= QUIET_MIN_NS)
+        rows = _last_per_group(long_gap, group)
+        f = flow[rows]
+        st["quiet_ns"][f] = gap[rows]
+        st["quiet_end_ts"][f] = ts[rows]
+        st["quiet_end_frame"][f] = frame[rows]
+        st["quiet_end_dir"][f] = direction[rows]
+        first_close = upto_close & is_close
+        rows = _first_per_group(first_close, group)
+        f = flow[rows]
+        st["first_close_ts"][f] = ts[rows]
+        st["first_close_frame"][f] = frame[rows]
+        st["first_close_dir"][f] = direction[rows]
+        for d in (0, 1):
+            data = (payload > 0) & (direction == d)
+            rows = _first_per_group(data, group)
+            f = flow[rows]
+            fresh = st["first_data_ts"][f, d] < 0
+            st["first_data_ts"][f[fresh], d] = ts[rows[fresh]]
+            rows = _last_per_group(data, group)
+            st["last_data_ts"][flow[rows], d] = ts[rows]
+            fin = ((tcp & TH_FIN) != 0) & (direction == d)
+            rows = _first_per_group(fin, group)
+            f = flow[rows]
+            fresh = st["fin_frame"][f, d] == 0
+            st["fin_frame"][f[fresh], d] = frame[rows[fresh]]
+        last = np.append(firsts[1:], n) - 1
+        st["last_ts"][uniq] = ts[last]
+        st["seen"][uniq] = True
+
+    def _add_ttls(self, pk: np.ndarray) -> None:
+        plain = pk[(pk["flags"] & TH_RST) == 0]
+        if plain.shape[0] == 0:
+            return
+        keys = np.zeros(plain.shape[0], _TTL_KEY)
+        keys["hi"], keys["lo"], keys["ttl"] = plain["src_hi"], plain["src_lo"], plain["ttl"]
+        allk = np.concatenate((self._ttl_keys, keys))
+        allc = np.concatenate((self._ttl_counts, np.ones(keys.shape[0], np.int64)))
+        uniq, inverse = np.unique(allk, return_inverse=True)
+        self._ttl_keys = uniq
+        self._ttl_counts = np.bincount(inverse.ravel(), weights=allc, minlength=uniq.shape[0]).astype(np.int64)
+
+    def table(self, max_flow_id: int) -> np.ndarray:
+        """Rows for flow ids 0..max_flow_id (blank where a flow left no segment)."""
+        n = max_flow_id + 1
+        if n <= self.rows.shape[0]:
+            return self.rows[:n]
+        return np.concatenate((self.rows, blank_timeline(n - self.rows.shape[0])))
+
+    def ttl_baseline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per address (hi, lo): its most common TTL of non-RST packets. Sorted by (hi, lo)."""
+        k, c = self._ttl_keys, self._ttl_counts
+        if k.shape[0] == 0:
+            empty = np.zeros(0, np.uint64)
+            return empty, empty, np.zeros(0, np.int16)
+        # keys are sorted by (hi, lo, ttl): per address, the ttl with the highest count
+        addr_start = np.ones(k.shape[0], bool)
+        addr_start[1:] = (k["hi"][1:] != k["hi"][:-1]) | (k["lo"][1:] != k["lo"][:-1])
+        group = np.cumsum(addr_start) - 1
+        best = np.lexsort((-c, group))
+        first = np.ones(best.shape[0], bool)
+        first[1:] = group[best][1:] != group[best][:-1]
+        chosen = best[first]
+        return k["hi"][chosen], k["lo"][chosen], k["ttl"][chosen].astype(np.int16)
+
+
+_TTL_KEY = np.dtype([("hi", np.uint64), ("lo", np.uint64), ("ttl", np.uint8)])
+
+
+def _first_per_group(mask: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Row index of the first True per group (rows are grouped contiguously)."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return idx
+    keep = np.ones(idx.size, bool)
+    keep[1:] = group[idx[1:]] != group[idx[:-1]]
+    return idx[keep]
+
+
+def _last_per_group(mask: np.ndarray, group: np.ndarray) -> np.ndarray:
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return idx
+    keep = np.ones(idx.size, bool)
+    keep[:-1] = group[idx[:-1]] != group[idx[1:]]
+    return idx[keep]
