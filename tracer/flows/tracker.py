@@ -225,8 +225,7 @@ class FlowTracker:
             fresh = self._allocate(new.size)
             slot_u[new] = fresh
             rows = first[new]
-            st = self.state
-            st[fresh] = blank_state(new.size)
+            st = self.state  # free slots are blank (see _evict)
             st["a_hi"][fresh], st["a_lo"][fresh], st["a_port"][fresh] = a[0][rows], a[1][rows], a[2][rows]
             st["b_hi"][fresh], st["b_lo"][fresh], st["b_port"][fresh] = b[0][rows], b[1][rows], b[2][rows]
             # uniq is sorted, so the new keys merge in with one search.
@@ -265,22 +264,46 @@ class FlowTracker:
         n = p.shape[0]
         endpoint = np.where(b.a_is_src, 0, 1)  # which canonical endpoint sent it
         flags = p["flags"]
+        syn = (flags & TH_SYN) != 0
+        # Only slots where something can happen need the work below: a SYN (port reuse, new
+        # reference), no flow yet, or an endpoint without a reference. Elsewhere the packet
+        # belongs to its slot's flow and no reference changes.
+        flow_of_slot = st["flow_id"][b.slot]
+        involved = syn | (flow_of_slot < 0) | ~st["ref_valid"][b.slot, endpoint]
+        flow_id = flow_of_slot
+        reused = np.zeros(n, bool)
+        if involved.any():
+            marked = np.zeros(st.shape[0], bool)
+            marked[b.slot[involved]] = True
+            rows = np.flatnonzero(marked[b.slot])
+            sub_flow, sub_reused = self._assign_rows(b.slot[rows], endpoint[rows], flags[rows],
+                                                     p["seq"][rows])
+            flow_id[rows] = sub_flow
+            reused[rows] = sub_reused
+        b.flow_id = flow_id
+        b.reuse = reused & ((flags & (TH_SYN | TH_ACK)) == TH_SYN)
+        b.reused_flag = reused
+
+    def _assign_rows(self, slot, endpoint, flags, seq_raw) -> tuple[np.ndarray, np.ndarray]:
+        """Flow ids and reused-ports flags of rows (in capture order) covering whole slots."""
+        st = self.state
+        n = slot.shape[0]
         syn_only = (flags & (TH_SYN | TH_ACK)) == TH_SYN
         # Per (slot, endpoint), in frame order: the sender's reference sequence number.
-        se = b.slot * 2 + endpoint
+        se = slot * 2 + endpoint
         order = sg.stable_argsort(se)
         se_sorted = se[order]
-        seg = np.cumsum(sg.starts_of(se_sorted)) - 1
-        nseg = int(seg[-1]) + 1
+        seg = sg.Segments(np.cumsum(sg.starts_of(se_sorted)) - 1)
+        nseg = seg.nseg
         seg_key = sg.first_of(se_sorted, seg, nseg, 0)
         seg_slot, seg_end = seg_key // 2, seg_key % 2
-        seq = p["seq"][order].astype(np.int64)
+        seq = seq_raw[order].astype(np.int64)
         has_state = st["ref_valid"][seg_slot, seg_end]
         init_ref = np.where(has_state, st["ref_seq"][seg_slot, seg_end].astype(np.int64),
                             sg.first_of(seq, seg, nseg, 0))
         is_syn = (flags[order] & TH_SYN) != 0
         ref = sg.ffill_before(seq, is_syn, seg, init_ref)
-        earlier = ~sg.starts_of(seg) | has_state[seg]
+        earlier = ~seg.starts | has_state[seg.seg]
         # Wireshark flags any SYN (SYN/ACK too) that disagrees with the sender's reference as
         # reused ports, but only a SYN without ACK opens a new conversation.
         reused_sorted = is_syn & earlier & (seq != ref)
@@ -288,35 +311,31 @@ class FlowTracker:
         reused[order] = reused_sorted
         reuse = reused & syn_only
         # Update the references for the next batch: last SYN's seq, else first packet's.
-        last_syn = np.maximum.reduceat(np.where(is_syn, np.arange(n), -1),
-                                       np.flatnonzero(sg.starts_of(seg)))
+        last_syn = np.maximum.reduceat(np.where(is_syn, np.arange(n), -1), seg.first_rows)
         new_ref = np.where(last_syn >= 0, seq[np.maximum(last_syn, 0)], init_ref)
         st["ref_seq"][seg_slot, seg_end] = (new_ref & MASK32).astype(np.uint32)
         st["ref_valid"][seg_slot, seg_end] = True
 
         # Flow starts: a slot's first packet when it has no flow yet, and every reusing SYN.
-        by_slot = sg.stable_argsort(b.slot)
-        slot_sorted = b.slot[by_slot]
+        by_slot = sg.stable_argsort(slot)
+        slot_sorted = slot[by_slot]
         first_in_slot = sg.starts_of(slot_sorted)
         starts_sorted = reuse[by_slot] | (first_in_slot & (st["flow_id"][slot_sorted] < 0))
-        start_rows = by_slot[starts_sorted]  # packet rows (capture order within a slot)
+        start_rows = by_slot[starts_sorted]  # rows (capture order within a slot)
         start_rows = np.sort(start_rows)  # flow ids in order of first segment, like tcp.stream
         new_ids = self.next_flow_id + np.arange(start_rows.size, dtype=np.int64)
         self.next_flow_id += start_rows.size
         start_id = np.full(n, -1, np.int64)
         start_id[start_rows] = new_ids
-        sseg = np.cumsum(first_in_slot) - 1
-        nslot_seg = int(sseg[-1]) + 1
-        init_id = st["flow_id"][sg.first_of(slot_sorted, sseg, nslot_seg, 0)]
+        sseg = sg.Segments(np.cumsum(first_in_slot) - 1)
+        init_id = st["flow_id"][sg.first_of(slot_sorted, sseg, sseg.nseg, 0)]
         ids_sorted = start_id[by_slot]
         has_start = ids_sorted >= 0
         filled = sg.ffill_before(ids_sorted, has_start, sseg, init_id)
         flow_sorted = np.where(has_start, ids_sorted, filled)
         flow_id = np.empty(n, np.int64)
         flow_id[by_slot] = flow_sorted
-        b.flow_id = flow_id
-        b.reuse = reuse
-        b.reused_flag = reused
+        return flow_id, reused
 
     # -- 3..6. analysis --------------------------------------------------------------------
 
