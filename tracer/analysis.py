@@ -4,6 +4,10 @@ Rules: `CaptureAnalysis` takes packet batches and decode counts in capture order
 only aggregates, so its memory does not depend on the capture's length. `summary()` returns a
 plain dict in the JSON schema (see docs/json-schema.md); the text report is rendered from that
 same dict, so the two never disagree. Later stages (flows, attribution) add their own keys.
+
+Attribution needs the finished flow table and a per-flow timeline (tracer.attribution.timeline)
+fed from the flow stage's segment rows batch by batch; with it on, memory grows by one flow row
+per flow (segment rows are consumed per batch, never kept).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tracer.attribution import Attribution, Timeline, attribute
+from tracer.attribution import summary as attribution_summary
+from tracer.attribution.config import Config
 from tracer.decode.vocab import linktype_name
 from tracer.flows import FlowTracker
 from tracer.flows import vocab as fv
@@ -19,6 +26,25 @@ from tracer.flows.tables import RTT_KIND_NAMES
 from tracer.packet import TCP_FLAG_NAMES, DecodeCounts
 
 SCHEMA_VERSION = 1
+
+
+@dataclass
+class AttributionOptions:
+    """What the user told us about HAProxy (all optional: without them the topology is
+    inferred from the traffic)."""
+
+    config: Config | None = None
+    proxy: list[str] | None = None
+    log_entries: list | None = None
+    enabled: bool = True
+
+
+def take_segments(tracker: FlowTracker) -> np.ndarray:
+    """The segment rows the flow stage produced since the last call. The flow stage has no
+    public way to hand them over batch by batch yet, so this empties its list."""
+    rows = tracker.segments
+    tracker._segments.clear()
+    return rows
 
 
 @dataclass
@@ -32,13 +58,23 @@ class CaptureAnalysis:
     last_ts_ns: int | None = None
     filtered_out: int = 0  # TCP segments decoded but outside --filter
     # Finished-flow rows are not kept: the report needs their counts only (memory stays flat).
-    flows: FlowTracker = field(default_factory=lambda: FlowTracker(keep_flows=False))
+    flows: FlowTracker | None = None
+    options: AttributionOptions = field(default_factory=AttributionOptions)
+    timeline: Timeline = field(default_factory=Timeline)
+    attribution: Attribution | None = None
+
+    def __post_init__(self) -> None:
+        if self.flows is None:
+            on = self.options.enabled
+            self.flows = FlowTracker(keep_flows=on, keep_segments=on)
 
     def add(self, packets: np.ndarray, counts: DecodeCounts) -> None:
         self.counts.merge(counts)
         if packets.shape[0] == 0:
             return
         self.flows.add(packets)
+        if self.options.enabled:
+            self.timeline.add(packets, take_segments(self.flows))
         versions, n = np.unique(packets["ip_version"], return_counts=True)
         for version, count in zip(versions.tolist(), n.tolist(), strict=True):
             self.ip_versions[version] = self.ip_versions.get(version, 0) + count
@@ -64,6 +100,13 @@ class CaptureAnalysis:
             (self.last_ts_ns - self.first_ts_ns) / 1e9 if self.first_ts_ns is not None else 0.0
         )
         self.flows.finish()
+        extra = {}
+        if self.options.enabled:
+            o = self.options
+            self.attribution = attribute(self.flows.flows, self.flows.rsts, self.flows.rtts,
+                                         self.timeline, config=o.config, proxy=o.proxy,
+                                         log_entries=o.log_entries)
+            extra = attribution_summary(self.attribution)
         return {
             "path": self.path,
             "engine": self.engine,
@@ -86,6 +129,7 @@ class CaptureAnalysis:
             "last_ts": self.last_ts_ns / 1e9 if self.last_ts_ns is not None else None,
             "duration_s": duration,
             **flow_summary(self.flows, counts.tcp_packets - self.filtered_out),
+            **extra,
         }
 
 

@@ -85,9 +85,21 @@ def main() -> None:
 @click.option("--join", is_flag=True,
               help="Read the files as one capture, in the order given (e.g. tcpdump -C/-G "
                    "rotations): flows continue across files, frame numbers go on counting.")
+@click.option("--haproxy-config", type=click.Path(dir_okay=False, readable=False), default=None,
+              help="HAProxy's configuration: frontends, servers, timeouts and rules for RST "
+                   "attribution.")
+@click.option("--proxy", "proxies", multiple=True, metavar="ADDR[:PORT]",
+              help="HAProxy's frontend address (may repeat), when the config is not at hand; "
+                   "without either, HAProxy is inferred from the traffic.")
+@click.option("--haproxy-log", type=click.Path(dir_okay=False, readable=False), default=None,
+              help="HAProxy's log (httplog/tcplog, syslog-wrapped or raw, or the config's "
+                   "log-format): sharpens the leg join and is compared with tracer's verdicts.")
 def analyze(files, read_files, output_format, output, engine, filter_expr, progress,
-            rsts_csv, join) -> None:
+            rsts_csv, join, haproxy_config, proxies, haproxy_log) -> None:
     """Analyse capture files (pcap, pcapng, gzip-compressed, or '-' for stdin)."""
+    from tracer.analysis import AttributionOptions
+    from tracer.attribution.config import load_config, parse_endpoint
+    from tracer.attribution.logs import load_log
     from tracer.filter import compile_filter
     from tracer.pipeline import analyze_native, analyze_pyshark, run
     from tracer.report import make_document, render_json, render_text, write_rsts_csv
@@ -100,8 +112,16 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
     show_progress = sys.stderr.isatty() if progress is None else progress
     if join and engine != "native":
         _fail("--join works with the native engine only")
+    if haproxy_config and proxies:
+        _fail("give --haproxy-config or --proxy, not both (the config names the frontends)")
+    for spec in proxies:
+        endpoint = parse_endpoint(spec)
+        if endpoint is None or endpoint.address is None:
+            _fail(f"--proxy {spec!r}: expected ADDR or ADDR:PORT, e.g. 10.0.0.5 or 10.0.0.5:443")
     try:
         packet_filter = compile_filter(filter_expr) if filter_expr else None
+        config = load_config(haproxy_config) if haproxy_config else None
+        log_entries = load_log(haproxy_log, config) if haproxy_log else None
         captures = []
         rst_tables = []
         partial = False
@@ -109,8 +129,11 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
             meter = _Progress(show_progress, "<stdin>" if path == "-" else str(path))
             analyze_one = analyze_native if engine == "native" else analyze_pyshark
             try:
+                options = AttributionOptions(config=config, proxy=list(proxies) or None,
+                                             log_entries=log_entries)
                 analysis, summary = run(analyze_one(path, packet_filter=packet_filter,
-                                                    filter_expr=filter_expr, progress=meter))
+                                                    filter_expr=filter_expr, progress=meter,
+                                                    attribution=options))
             finally:
                 meter.finish()
             _check_linktypes(summary)
@@ -119,7 +142,7 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
                 click.echo(f"tracer: warning: {summary['path']}: {summary['problem']}; "
                            "the report covers the records before it", err=True)
             captures.append(summary)
-            rst_tables.append((summary["path"], analysis.flows.rsts))
+            rst_tables.append((summary["path"], analysis.flows.rsts, summary.get("rst_details")))
         document = make_document(captures)
         if rsts_csv:
             _write_with(rsts_csv, lambda target: write_rsts_csv(target, rst_tables))

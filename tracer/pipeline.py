@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tracer.analysis import CaptureAnalysis
+from tracer.analysis import AttributionOptions, CaptureAnalysis
 from tracer.decode import decode_frames, flag_counts
 from tracer.filter import Mask
 from tracer.packet import DecodeCounts
@@ -90,13 +90,15 @@ async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object]
 
 async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = None,
                          filter_expr: str | None = None,
-                         progress: Progress | None = None) -> tuple[CaptureAnalysis, dict]:
+                         progress: Progress | None = None,
+                         attribution: AttributionOptions | None = None) -> tuple[CaptureAnalysis, dict]:
     """One capture; a list of paths is read as one capture, file after file (`--join`): flows
     continue across files and frame numbers go on counting, as if the files were concatenated
     (mergecap -a)."""
     paths = path if isinstance(path, list) else [path]
     labels = ["<stdin>" if p == "-" else p for p in paths]
-    analysis = CaptureAnalysis(path=" + ".join(labels), engine="native")
+    analysis = CaptureAnalysis(path=" + ".join(labels), engine="native",
+                               options=attribution or AttributionOptions())
     facts = {"format": [], "compressed": False, "linktypes": [], "leftover": 0,
              "anomalies": {}, "problem": None}
     frames_before = 0
@@ -136,7 +138,8 @@ async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = 
 
 async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
                           filter_expr: str | None = None,
-                          progress: Progress | None = None) -> tuple[CaptureAnalysis, dict]:
+                          progress: Progress | None = None,
+                          attribution: AttributionOptions | None = None) -> tuple[CaptureAnalysis, dict]:
     from tracer.source.pyshark_engine import read_packets_pyshark
 
     spooled = None
@@ -146,7 +149,8 @@ async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
         with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
     try:
-        analysis = CaptureAnalysis(path="<stdin>" if path == "-" else path, engine="pyshark")
+        analysis = CaptureAnalysis(path="<stdin>" if path == "-" else path, engine="pyshark",
+                                   options=attribution or AttributionOptions())
 
         def handle(item) -> None:
             packets, counts = item

@@ -11,8 +11,6 @@ import csv
 import json
 import shutil
 
-import numpy as np
-
 from tracer import __version__
 from tracer.analysis import SCHEMA_VERSION
 from tracer.flows import vocab as fv
@@ -23,6 +21,9 @@ RST_CSV_COLUMNS = (
     "seq_class", "seq_offset", "phase", "idle_s", "idle_receiver_s", "age_s", "ttl", "ttl_delta",
     "ip_id_delta", "continued", "rst_index", "outstanding_initiator", "outstanding_responder",
     "payload_len",
+    # attribution (tracer.attribution; see docs/json-schema.md)
+    "leg", "sender", "cause", "routine", "origin", "caused_by_frame", "delay_s", "reason",
+    "termination_state", "confidence", "server", "evidence",
 )
 
 
@@ -94,6 +95,8 @@ def render_text(document: dict, *, colour: bool = False, width: int | None = Non
                 row("  by sender", _pairs(cap["rsts_by_sender_side"], body_w))
                 row("  by phase", _pairs(cap["rsts_by_phase"], body_w))
                 row("  by seq class", _pairs(cap["rsts_by_seq_class"], body_w))
+            if "rst_attribution" in cap:
+                _attribution_text(cap, row, body_w)
             rate = cap["retransmission_rate"] * 100
             row("retransmissions", f"{cap['retransmissions']:,} ({rate:.2f}% of data segments)",
                 warn=rate >= 1.0)
@@ -115,14 +118,73 @@ def render_text(document: dict, *, colour: bool = False, width: int | None = Non
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def write_rsts_csv(path: str, captures: list[tuple[str, np.ndarray]]) -> None:
-    """One row per RST packet (see docs/json-schema.md for the columns)."""
+def write_rsts_csv(path: str, captures: list[tuple]) -> None:
+    """One row per RST packet (see docs/json-schema.md for the columns). Each capture is
+    (name, RST table[, attribution rows aligned with it])."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)
         out.writerow(RST_CSV_COLUMNS)
-        for capture, rows in captures:
-            for r in rows:
-                out.writerow(_rst_row(capture, r))
+        for capture, rows, *rest in captures:
+            details = rest[0] if rest and rest[0] is not None else None
+            for i, r in enumerate(rows):
+                out.writerow(_rst_row(capture, r) + _attribution_cells(details[i] if details else None))
+
+
+def _attribution_cells(d: dict | None) -> list:
+    if d is None:
+        return [""] * 12
+    return [
+        d["leg"], d["sender"], d["cause"], int(d["routine"]), d["origin"],
+        d["caused_by_frame"] or "", "" if d["delay_s"] is None else f"{d['delay_s']:.6f}",
+        d["reason"], d["termination_state"], f"{d['confidence']:.2f}", d["server"] or "",
+        ";".join(d["evidence"]),
+    ]
+
+
+def _attribution_text(cap: dict, row, body_w: int) -> None:
+    """RSTs by cause, reason, leg and server, faults first; the topology and join used."""
+    att = cap["rst_attribution"]
+    topo = cap["topology"]
+    fronts = ", ".join(b for f in topo["frontends"] for b in f["binds"]) or "none found"
+    row("topology", f"{topo['source']}: frontend {fronts}; HAProxy backend side "
+        f"{', '.join(topo['haproxy_backend_addresses']) or 'unknown'}; {len(topo['servers'])} servers")
+    j = cap["join"]
+    if j["backend_flows"]:
+        rate = j["join_rate"] * 100 if j["join_rate"] is not None else 0.0
+        row("leg join", f"{j['backend_flows_joined']:,}/{j['backend_flows']:,} server connections "
+            f"joined to a client stream ({rate:.1f}%), {j['backend_flows_ambiguous']:,} ambiguous")
+    if not att["rsts"]:
+        return
+    row("RST causes", f"{att['faults']:,} faults, {att['routine']:,} routine HAProxy closes",
+        warn=att["faults"] > 0)
+    faults = {k: v["fault"] for k, v in att["by_cause"].items() if v["fault"]}
+    if faults:
+        row("  faults by cause", _pairs(dict(sorted(faults.items(), key=lambda kv: -kv[1])), body_w),
+            warn=True)
+    details = cap.get("rst_details") or []
+    fault_reasons: dict[str, int] = {}
+    routine_reasons: dict[str, int] = {}
+    for d in details:
+        target = routine_reasons if d["routine"] else fault_reasons
+        target[d["reason"]] = target.get(d["reason"], 0) + 1
+    if fault_reasons:
+        row("  faults by reason", _pairs(dict(sorted(fault_reasons.items(), key=lambda kv: -kv[1])), body_w),
+            warn=True)
+    if routine_reasons:
+        row("  routine by reason", _pairs(dict(sorted(routine_reasons.items(), key=lambda kv: -kv[1])), body_w))
+    row("  by leg", _pairs(att["by_leg"], body_w))
+    servers = {k: f"{v['fault']} faults/{v['routine']} routine" for k, v in
+               sorted(att["by_server"].items(), key=lambda kv: (-kv[1]["fault"], kv[0]))}
+    if servers:
+        row("  by server", _pairs(servers, body_w))
+    log = cap.get("haproxy_log")
+    if log:
+        agreement = log["termination_agreement"]
+        rate = agreement["rate"]
+        row("HAProxy log", f"{log['parsed']:,}/{log['lines']:,} lines read, "
+            f"{log['joined_to_frontend_flows']:,} joined to client streams; termination state "
+            f"agrees on {agreement['agree']:,}/{agreement['streams_compared']:,}"
+            + (f" ({rate * 100:.1f}%)" if rate is not None else ""))
 
 
 def _seconds(ns: int) -> str:

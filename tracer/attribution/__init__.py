@@ -35,6 +35,7 @@ from tracer.attribution.topology import (
     from_proxy,
     infer,
 )
+from tracer.packet import format_address
 
 
 @dataclass
@@ -142,8 +143,7 @@ def summary(a: Attribution) -> dict:
         by_leg[av.LEG_NAMES[t["leg"][i]]] = by_leg.get(av.LEG_NAMES[t["leg"][i]], 0) + 1
         srv = t["server"][i]
         if srv >= 0:
-            s = a.topology.servers[srv]
-            key = f"{s.backend}/{s.name}"
+            key = _server_name(a, int(srv))
             entry = by_server.setdefault(key, {"fault": 0, "routine": 0})
             entry[kind] += 1
     return {
@@ -159,16 +159,25 @@ def summary(a: Attribution) -> dict:
             "by_server": by_server,
         },
         **({"haproxy_log": a.log} if a.log is not None else {}),
+        "rst_details": rst_rows(a),
     }
 
 
 def rst_rows(a: Attribution) -> list[dict]:
     """One dict per RST (JSON `rst_details` and the CSV's attribution columns)."""
     t = a.result.table
+    r = a.rsts
+    src = [format_address(h, lo) for h, lo in zip(r["src_hi"].tolist(), r["src_lo"].tolist(), strict=True)]
+    dst = [format_address(h, lo) for h, lo in zip(r["dst_hi"].tolist(), r["dst_lo"].tolist(), strict=True)]
     out = []
     for i in range(t.shape[0]):
         out.append({
             "frame": int(t["frame"][i]),
+            "ts": int(r["ts_ns"][i]) / 1e9,
+            "src": src[i],
+            "sport": int(r["sport"][i]),
+            "dst": dst[i],
+            "dport": int(r["dport"][i]),
             "leg": av.LEG_NAMES[t["leg"][i]],
             "sender": av.ROLE_NAMES[t["sender"][i]],
             "cause": av.CAUSE_NAMES[t["cause"][i]],
@@ -189,7 +198,7 @@ def _server_name(a: Attribution, index: int) -> str | None:
     if index < 0:
         return None
     s = a.topology.servers[index]
-    return f"{s.backend}/{s.name}"
+    return f"{s.backend}/{s.name}" if s.backend else s.name
 
 
 __all__ = ["Attribution", "Timeline", "attribute", "rst_rows", "summary"]

@@ -549,6 +549,9 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
                 evidence[i].append(f"{name}:{values[i] / 1e6:.3f}ms")
             else:
                 evidence[i].append(f"{name}:{int(values[i])}")
+    phase = rsts["phase"].tolist()
+    for i in range(n_r):
+        evidence[i].insert(0, f"phase:{fv.PHASE_NAMES[phase[i]]}")
     for i in np.flatnonzero(caused_by > 0).tolist():
         evidence[i].append(f"caused_by_frame:{int(caused_by[i])}")
     return RstAttribution(out, termination, evidence)

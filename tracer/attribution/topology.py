@@ -212,7 +212,7 @@ def _learn_servers(flows: np.ndarray, from_back: np.ndarray, topo: Topology) -> 
         key = ((int(hi), int(lo)), int(port))
         if key not in known:
             name = _endpoint_text(key[0], key[1], key[1])
-            topo.servers.append(ServerSpec("?", name, key[0], key[1], None))
+            topo.servers.append(ServerSpec("", name, key[0], key[1], None))
 
 
 def _nesting(inner_start: np.ndarray, outer_start: np.ndarray, outer_last: np.ndarray) -> np.ndarray:
