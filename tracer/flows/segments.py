@@ -74,15 +74,16 @@ def running_max(values: np.ndarray, seg) -> np.ndarray:
         return values.astype(np.int64)
     s = _segments(seg)
     values = values.astype(np.int64, copy=False)
-    lo = values.min()
-    span = int(values.max() - lo) + 1
-    if span * s.nseg < int(_LIMIT):
-        lift = s.seg64 * span
-        lifted = values - lo
-        lifted += lift
-        out = np.maximum.accumulate(lifted)
-        out -= lift
-        out += lo
+    lo, hi = int(values.min()), int(values.max())
+    if (hi - lo + 1) * s.nseg < int(_LIMIT):
+        return _lifted_max(values, s, lo, hi - lo + 1)
+    # The usual reason for a span too wide to lift: a sentinel ("none yet", e.g. NO_SEQ) far
+    # below the real values. Raise it to just under them, scan, and put it back.
+    real_lo = int(np.where(values == lo, hi, values).min())
+    floor = real_lo - 1
+    if (hi - floor + 1) * s.nseg < int(_LIMIT):
+        out = _lifted_max(np.maximum(values, floor), s, floor, hi - floor + 1)
+        out[out == floor] = lo
         return out
     # Values too far apart to lift: doubling steps, log2(longest segment) of them.
     out = values.copy()
@@ -94,6 +95,16 @@ def running_max(values: np.ndarray, seg) -> np.ndarray:
         candidate = np.where(same, out[:-step], out[step:])
         out[step:] = np.maximum(out[step:], candidate)
         step *= 2
+    return out
+
+
+def _lifted_max(values: np.ndarray, s: Segments, lo: int, span: int) -> np.ndarray:
+    lift = s.seg64 * span
+    lifted = values - lo
+    lifted += lift
+    out = np.maximum.accumulate(lifted)
+    out -= lift
+    out += lo
     return out
 
 

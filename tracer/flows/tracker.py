@@ -535,35 +535,38 @@ class FlowTracker:
         # The other direction's view at each segment: flow order (dense, frame).
         dir_f = direction[fo]
         live_f = live[at_o]
-        # What the other direction had done by each segment (full arrays: every rule uses them).
-        other = {}
-        for d in (0, 1):
-            mine = dir_f == d
-            end_vals = np.where(mine & live_f & ~rst_s[at_o], end[at_o], NO_SEQ)
-            other[("next_seq", d)] = sg.exclusive_max(end_vals, FS, init["next_seq"][:, d])
-            ack_mask = mine & live_f & ack_s[at_o]
-            other[("last_ack", d)] = sg.ffill_before(
-                ack_unw_s[at_o], ack_mask, FS,
-                np.where(init["acked_once"][:, d], init["ack_last"][:, d], NO_SEQ))
-            other[("last_ack_ts", d)] = sg.ffill_before(ts_fo, ack_mask, FS, init["last_ack_ts"][:, d])
-            other[("window", d)] = sg.ffill_before(
-                win_scaled[at_o], mine & live_f, FS,
-                np.where(init["last_window"][:, d] >= 0,
-                         _scale(init["last_window"][:, d], shift_fd.reshape(nf, 2)[:, d]), -1))
-            other[("dupacks", d)] = sg.ffill_before(dup_count[at_o], ack_mask, FS, init["dupacks"][:, d])
+        # What the other direction had done by each segment: the values at its last row
+        # before this one (flow order) with some property, else the flow's carried state. The
+        # highest sequence end it had sent is the inclusive running max at its last such row.
+        is0_f = dir_f == 0
 
-        def rev(name: str) -> np.ndarray:
-            """The other direction's value, in flow-direction order."""
-            out_f = np.where(dir_f == 0, other[(name, 1)], other[(name, 0)])
-            out = np.empty(n, out_f.dtype)
-            out[at_o] = out_f
+        def last_other(mask_f: np.ndarray) -> np.ndarray:
+            """Flow-direction position of the other direction's last earlier row in `mask_f`
+            (-1: none), in flow-direction order."""
+            j0 = sg.last_index_before(mask_f & is0_f, FS)
+            j1 = sg.last_index_before(mask_f & ~is0_f, FS)
+            j = np.where(is0_f, j1, j0)
+            out = np.full(n, -1, np.int64)
+            has = j >= 0
+            out[at_o[has]] = at_o[j[has]]
             return out
 
-        rev_next = rev("next_seq")
-        rev_last_ack = rev("last_ack")
-        rev_last_ack_ts = rev("last_ack_ts")
-        rev_window = rev("window")
-        rev_dupacks = rev("dupacks")
+        other_fd = fd_s ^ 1  # the other direction's (flow, direction) index
+
+        def at_other(rows_o: np.ndarray, values_o: np.ndarray, start_fd: np.ndarray) -> np.ndarray:
+            return np.where(rows_o >= 0, values_o[rows_o], start_fd[other_fd])
+
+        acked_f = live_f & ack_s[at_o]
+        j_sent = last_other(live_f & ~rst_s[at_o])
+        j_ack = last_other(acked_f)
+        j_live = last_other(live_f)
+        sent_through = np.maximum(next_before, np.where(live & ~rst_s, end, NO_SEQ))
+        rev_next = at_other(j_sent, sent_through, init_fd("next_seq"))
+        rev_last_ack = at_other(j_ack, ack_unw_s, np.where(init_fd("acked_once"), init_fd("ack_last"), NO_SEQ))
+        rev_last_ack_ts = at_other(j_ack, ts_o, init_fd("last_ack_ts"))
+        rev_dupacks = at_other(j_ack, dup_count, init_fd("dupacks"))
+        rev_window = at_other(j_live, win_scaled, np.where(init_fd("last_window") >= 0,
+                                                           _scale(init_fd("last_window"), shift_fd), -1))
 
         # Classification (Wireshark's order where it matters).
         flags_out = np.zeros(n, np.int64)
