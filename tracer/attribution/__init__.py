@@ -95,17 +95,17 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
               log_entries=None) -> Attribution:
     """Everything attribution says about one capture (see the module docstring)."""
     flows = flows[np.argsort(flows["flow_id"], kind="stable")]
+    max_id = int(flows["flow_id"].max()) if flows.shape[0] else -1
+    tl = timeline.table(max_id)[flows["flow_id"]] if flows.shape[0] else timeline.table(-1)
+    first_client_data = tl["first_data_ts"][:, 0]
     if config is not None:
         topo = from_config(config)
     elif proxy:
         topo = from_proxy(proxy)
     else:
-        topo = infer(flows)
+        topo = infer(flows, first_client_data)
     roles = assign_roles(flows, topo)
     settings = settings_for(topo, config)
-    max_id = int(flows["flow_id"].max()) if flows.shape[0] else -1
-    tl = timeline.table(max_id)[flows["flow_id"]] if flows.shape[0] else timeline.table(-1)
-    first_client_data = tl["first_data_ts"][:, 0]
     server_backend = np.where(roles.server >= 0, settings.srv_backend[np.maximum(roles.server, 0)], -1)
     join = join_legs(flows, roles.leg, first_client_data, route_ok=settings.route_ok,
                      frontend_index=roles.frontend, server_backend=server_backend)

@@ -14,7 +14,11 @@ Rules: a topology comes from one of three sources, in this order of trust:
    is open (a prefix maximum over A's flows sorted by start, searched with searchsorted). A
    proxy nests nearly all its server connections inside client connections; a client that
    happens to be busy does not, and B's that also connect to A are A's clients. Pairs nesting
-   at least NEST_MIN are taken.
+   at least NEST_MIN are candidates. In busy traffic anything nests in something, so a
+   candidate must also be *prompt*: HAProxy connects right after the accept (tcp mode) or the
+   request (http mode), so the median lag from the latest such trigger on A to B's SYN must be
+   small against the median spacing of A's accepts (LAG_SHARE_MAX) and under LAG_MAX_NS. Where
+   no pair passes (a busy proxy, keep-alive everywhere), `--proxy` says it.
 
 Each flow then gets a leg: frontend (its responder is a frontend endpoint), backend (its
 responder is a server endpoint, or its initiator is a HAProxy backend-side address and it is
@@ -34,6 +38,8 @@ from tracer.packet import format_address, parse_address
 NEST_MIN = 0.9  # share of B's connections nested in A's for inference
 NEST_MIN_GIVEN = 0.5  # with --proxy the frontend is given: a weaker signal suffices
 MIN_NESTED_FLOWS = 2
+LAG_SHARE_MAX = 0.25  # median trigger->SYN lag against the median spacing of accepts
+LAG_MAX_NS = 1_000_000_000
 
 
 @dataclass
@@ -252,9 +258,24 @@ def _infer_backend_side(flows: np.ndarray, frontend: np.ndarray, topo: Topology,
                               "frontend connection is open")
 
 
-def infer(flows: np.ndarray) -> Topology:
+def _prompt(b_start: np.ndarray, a_start: np.ndarray, a_data: np.ndarray) -> tuple[bool, float, float]:
+    """Do B's connections follow A's triggers (accepts, first client payloads) promptly?"""
+    triggers = np.sort(np.concatenate((a_start, a_data[a_data >= 0])))
+    idx = np.searchsorted(triggers, b_start, side="right") - 1
+    ok = idx >= 0
+    if not ok.any() or a_start.size < 2:
+        return False, float("nan"), float("nan")
+    lag = float(np.median(b_start[ok] - triggers[idx[ok]]))
+    spacing = float(np.median(np.diff(np.sort(a_start))))
+    return (lag <= LAG_MAX_NS and lag <= LAG_SHARE_MAX * spacing), lag, spacing
+
+
+def infer(flows: np.ndarray, first_client_data: np.ndarray | None = None) -> Topology:
     """No config, no --proxy: find (A accepts, B initiates) pairs where B's connections nest
-    inside A's accepted ones (see the module rules)."""
+    inside A's accepted ones, promptly (see the module rules). `first_client_data`: per flow,
+    the initiator's first payload time (-1: none)."""
+    if first_client_data is None:
+        first_client_data = np.full(flows.shape[0], -1, np.int64)
     topo = Topology(source="inferred")
     if flows.shape[0] == 0:
         topo.notes.append("no flows")
@@ -268,6 +289,7 @@ def infer(flows: np.ndarray) -> Topology:
     a_top = np.argsort(-a_counts, kind="stable")[:16]
     b_top = np.argsort(-b_counts, kind="stable")[:64]
     chosen: list[tuple[tuple[int, int], tuple[int, int], float, int, int]] = []
+    rejected: list[str] = []
     for ai in a_top:
         a = (int(a_keys[ai][0]), int(a_keys[ai][1]))
         to_a = (flows["responder_hi"] == a[0]) & (flows["responder_lo"] == a[1])
@@ -282,9 +304,21 @@ def infer(flows: np.ndarray) -> Topology:
             outer = to_a & accepted & ~mine
             nested = _nesting(start[mine], start[outer], last[outer])
             if nested.sum() >= MIN_NESTED_FLOWS and nested.mean() >= NEST_MIN:
+                prompt, lag, spacing = _prompt(start[mine], start[outer], first_client_data[outer])
+                if not prompt:
+                    rejected.append(f"{format_address(*a)} accepts and {format_address(*b)} opens "
+                                    f"nested connections, but {lag / 1e6:.1f} ms after the trigger "
+                                    f"(accepts {spacing / 1e6:.1f} ms apart): not a proxy")
+                    continue
                 chosen.append((a, b, float(nested.mean()), int(nested.sum()), int(nested.size)))
+    # an endpoint cannot be both a frontend and a server: drop pairs whose B connects to a
+    # chosen frontend address
+    fronts_chosen = {a for a, *_ in chosen}
+    chosen = [c for c in chosen if c[1] not in fronts_chosen or c[1] == c[0]]
     if not chosen:
-        topo.notes.append("no host both accepts connections and opens nested ones: no proxy found")
+        topo.notes.extend(rejected[:4])
+        topo.notes.append("no host both accepts connections and promptly opens nested ones: "
+                          "no proxy found (give --proxy ADDR[:PORT] or --haproxy-config)")
         return topo
     fronts: dict[tuple[int, int], list] = {}
     for a, b, share, k, n in chosen:
