@@ -652,7 +652,7 @@ class FlowTracker:
             b.flow_order = (fo_pos, fseg, dir_f, nonrst_f)
             self._rst_events(b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
                              rev_window, rev_next, at_rst)
-        self._watch_continuations(uniq_flow, dense, direction, rst, frame)
+        self._watch_continuations(uniq_flow, S, rst_s, frame_o)
 
         if self.keep_segments:
             rows = np.zeros(n, SEGMENT_DTYPE)
@@ -884,8 +884,7 @@ class FlowTracker:
         syn_rows = syn & ~ackf & (direction == 0)
         sa_rows = syn & ackf & (direction == 1)
         for rows, name, fr in ((syn_rows, "syn_ts", "syn_frame"), (sa_rows, "synack_ts", "synack_frame")):
-            first = np.full(nf, big)
-            np.minimum.at(first, dense[rows], frame[rows])
+            first = _first_frame_of(dense, rows, frame, nf, big)
             got = first < big
             pos = np.searchsorted(frame, first[got])  # frames are increasing within a batch
             hs[fr][got] = first[got]
@@ -901,9 +900,9 @@ class FlowTracker:
                 hs["synack_valid"] |= new_sa
         # Karn's rule for the handshake: a SYN resent before the SYN/ACK (or a SYN/ACK resent
         # before the ACK) makes that half of the handshake RTT ambiguous.
-        syn_before_sa = np.zeros(nf, np.int64)
         sa_frame = np.where(hs["synack_frame"] > 0, hs["synack_frame"], big)
-        np.add.at(syn_before_sa, dense[syn_rows], (frame[syn_rows] < sa_frame[dense[syn_rows]]).astype(np.int64))
+        d_syn = dense[syn_rows]
+        syn_before_sa = np.bincount(d_syn[frame[syn_rows] < sa_frame[d_syn]], minlength=nf)
         new_sa = (hs["synack_frame"] > 0) & (init["synack_ts"] < 0)
         hs["hs_ambiguous"][:, 1] |= new_sa & ((init["syn_count"] + syn_before_sa) > 1)
         hs["syn_count"] += np.bincount(dense[syn_rows], minlength=nf)
@@ -911,17 +910,16 @@ class FlowTracker:
         completing = (~syn & ackf & ~rst & (direction == 0)
                       & hs["synack_valid"][dense]
                       & (ack_raw == ((hs["synack_seq"][dense].astype(np.int64) + 1) & MASK32)))
-        first = np.full(nf, big)
-        np.minimum.at(first, dense[completing], frame[completing])
+        first = _first_frame_of(dense, completing, frame, nf, big)
         got = first < big
         pos = np.searchsorted(frame, first[got])
         t = np.full(nf, NO_TIME, np.int64)
         t[got] = ts[pos]
         need = got & (hs["hs_ack_ts"] < 0) & (hs["synack_ts"] >= 0)
         hs["hs_ack_ts"][need] = t[need]
-        sa_before_ack = np.zeros(nf, np.int64)
         ack_frame = np.where(got, first, big)
-        np.add.at(sa_before_ack, dense[sa_rows], (frame[sa_rows] < ack_frame[dense[sa_rows]]).astype(np.int64))
+        d_sa = dense[sa_rows]
+        sa_before_ack = np.bincount(d_sa[frame[sa_rows] < ack_frame[d_sa]], minlength=nf)
         hs["hs_ambiguous"][:, 0] |= need & ((init["synack_count"] + sa_before_ack) > 1)
         return hs
 
@@ -1194,19 +1192,16 @@ class FlowTracker:
         watch["frame"] = r["frame"]
         self._rst_watch = np.concatenate((self._rst_watch, watch[~later]))
 
-    def _watch_continuations(self, uniq_flow, dense, direction, rst, frame) -> None:
+    def _watch_continuations(self, uniq_flow, S, rst_s, frame_o) -> None:
         """RSTs from earlier batches whose sender sends again in this one."""
         if self._rst_watch.size == 0:
             return
-        key = uniq_flow[dense] * 2 + direction
-        rows = ~rst
-        keys = key[rows]
-        frames = frame[rows]
-        uk, last = sg.reduce_by_key(np.maximum, frames, keys)
-        if uk.size == 0:
-            return
+        # Last non-RST frame of each (flow, direction) present; rows are in that order.
+        last = sg.reduce_by(np.maximum, np.where(rst_s, 0, frame_o), S, S.nseg, 0)
+        fd = np.arange(S.nseg, dtype=np.int64)
+        keys = uniq_flow[fd >> 1] * 2 + (fd & 1)  # sorted, as uniq_flow is
         wk = self._rst_watch["flow_id"] * 2 + self._rst_watch["direction"].astype(np.int64)
-        pos_c, hit = _find(uk, wk)
+        pos_c, hit = _find(keys, wk)
         hit &= last[pos_c] > self._rst_watch["frame"]
         if hit.any():
             self._rst_continued.append(self._rst_watch["row"][hit])
@@ -1328,6 +1323,11 @@ class _Columns:
             col = self.cache[name] = np.ascontiguousarray(self.packets[name])
         return col
 
+    def at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """One field at some rows, without copying the whole field when it is not cached."""
+        col = self.cache.get(name)
+        return col[rows] if col is not None else self.packets[name][rows]
+
 
 class _Batch:
     def __init__(self, packets: _Columns, slot: np.ndarray, a_is_src: np.ndarray) -> None:
@@ -1343,18 +1343,29 @@ class _Batch:
 
 
 def _fingerprint(p: _Columns, rows: np.ndarray) -> np.ndarray:
-    """At `rows`: a hash of every header field a resend would change (not the capture time)."""
-    columns = [p[name][rows] for name in ("seq", "ack", "flags", "window", "payload_len",
-                                          "ip_id", "ttl", "wirelen", "opt_present", "tsval",
-                                          "tsecr", "sack_count")]
-    sack = p["sack_count"][rows] > 0
-    if sack.any():  # SACK blocks only where there are some (zeros elsewhere)
-        for name in ("sack_left", "sack_right"):
-            blocks = p[name][rows]
-            columns += [np.where(sack, blocks[:, i], 0) for i in range(blocks.shape[1])]
+    """At `rows`: a hash of every header field a resend would change (not the capture time).
+    Fields are packed into 64-bit words first, so the hash mixes five words, not 20 fields."""
+    def u64(name: str) -> np.ndarray:
+        return p.at(name, rows).astype(np.uint64)
+
+    words = [
+        (u64("seq") << np.uint64(32)) | u64("ack"),
+        (u64("flags") << np.uint64(48)) | (u64("window") << np.uint64(32))
+        | (u64("payload_len") << np.uint64(16)) | u64("ip_id"),
+        (u64("tsval") << np.uint64(32)) | u64("tsecr"),
+        (u64("ttl") << np.uint64(56)) | (u64("opt_present") << np.uint64(48))
+        | (u64("sack_count") << np.uint64(40)) | u64("wirelen"),
+    ]
+    sack = p.at("sack_count", rows) > 0
+    if sack.any():  # SACK blocks only where there are some
+        left, right = p.at("sack_left", rows[sack]), p.at("sack_right", rows[sack])
+        for i in range(left.shape[1]):
+            block = np.zeros(rows.shape[0], np.uint64)
+            block[sack] = (left[:, i].astype(np.uint64) << np.uint64(32)) | right[:, i]
+            words.append(block)
     else:
-        columns += [np.zeros(rows.shape[0], np.uint32)] * 8
-    return _hash(*columns)
+        words += [np.zeros(rows.shape[0], np.uint64)] * 4
+    return _hash(*words)
 
 
 def _last_before(mask: np.ndarray, values, start: np.ndarray, seg: np.ndarray,
@@ -1369,6 +1380,16 @@ def _last_before(mask: np.ndarray, values, start: np.ndarray, seg: np.ndarray,
     if ok.any():
         out[ok] = values(j[ok])
     return out
+
+
+def _first_frame_of(dense: np.ndarray, mask: np.ndarray, frame: np.ndarray, nf: int,
+                    none: int) -> np.ndarray:
+    """Per dense flow, the first frame among rows in `mask` (`none` if none). Rows are in
+    capture order, so writing them in reverse leaves each flow's first."""
+    first = np.full(nf, none, np.int64)
+    rows = np.flatnonzero(mask)[::-1]
+    first[dense[rows]] = frame[rows]
+    return first
 
 
 def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
