@@ -107,7 +107,9 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
     roles = assign_roles(flows, topo)
     settings = settings_for(topo, config)
     server_backend = np.where(roles.server >= 0, settings.srv_backend[np.maximum(roles.server, 0)], -1)
-    join = join_legs(flows, roles.leg, first_client_data, route_ok=settings.route_ok,
+    # health checks to a `check port` serve no client: kept out of the join
+    join_leg = np.where(roles.check, av.LEG_UNKNOWN, roles.leg)
+    join = join_legs(flows, join_leg, first_client_data, route_ok=settings.route_ok,
                      frontend_index=roles.frontend, server_backend=server_backend)
     log_report = None
     if log_entries is not None:
@@ -115,7 +117,7 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
 
         log_report = apply_log_join(log_entries, flows, roles, join, topo)
     result = attribute_rsts(rsts, flows, tl, roles.leg, roles.frontend, roles.server, join, settings,
-                            timeline.ttl_baseline(), host_min_rtt(rtts, flows))
+                            timeline.ttl_baseline(), host_min_rtt(rtts, flows), check=roles.check)
     attribution = Attribution(topology=topo, flows=flows, roles=roles, join=join, rsts=rsts,
                               result=result)
     if log_entries is not None:

@@ -174,8 +174,10 @@ def _clustered(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, leg: np.ndarray,
                    frontend: np.ndarray, server: np.ndarray, join: Join, settings: Settings,
                    ttl_baseline: tuple[np.ndarray, np.ndarray, np.ndarray],
-                   host_min_rtt: tuple[np.ndarray, np.ndarray, np.ndarray]) -> RstAttribution:
-    """`flows` sorted by flow_id; `timeline`, `leg`, `frontend`, `server` aligned with it."""
+                   host_min_rtt: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   check: np.ndarray | None = None) -> RstAttribution:
+    """`flows` sorted by flow_id; `timeline`, `leg`, `frontend`, `server` (and `check`: the
+    flow went to a server's `check port`) aligned with it."""
     n_r, n_f = rsts.shape[0], flows.shape[0]
     out = np.zeros(n_r, ATTR_DTYPE)
     out["frame"] = rsts["frame"]
@@ -383,6 +385,11 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     m = assign(haproxy_fe & ttl_one, C["haproxy"], R["haproxy_silent_drop"], np.where(cfg_sd, 0.98, 0.9))
     tag("ttl_one", m, ttl)
     tag("config_rule", m & cfg_sd)
+
+    # 2b. HAProxy closing a health check on a server's check port
+    is_check = check[row] if check is not None else np.zeros(n_r, bool)
+    m = assign(haproxy_be & is_check, C["haproxy"], R["haproxy_check"], 0.95, is_routine=True)
+    tag("config_rule", m)
 
     # 3. refusals
     refused = rsts["phase"] == fv.PHASE_REFUSED

@@ -58,6 +58,7 @@ class ServerSpec:
     port: int | None
     mode: str | None
     check: bool = False
+    check_port: int | None = None  # `check port N`: health checks go to another port
 
 
 @dataclass
@@ -98,6 +99,7 @@ class FlowRoles:
     leg: np.ndarray  # uint8, vocab.LEG_*
     frontend: np.ndarray  # int32 index into Topology.frontends
     server: np.ndarray  # int32 index into Topology.servers
+    check: np.ndarray  # bool: a health-check connection (to a server's `check port`)
 
 
 def _addr(text: str | None) -> tuple[int, int] | None:
@@ -113,7 +115,8 @@ def from_config(config: Config) -> Topology:
             ports=[(b.port_lo, b.port_hi) for b in p.binds]))
     for p in config.backends:
         for s in p.servers:
-            topo.servers.append(ServerSpec(p.name, s.name, _addr(s.address), s.port, p.mode, s.check))
+            topo.servers.append(ServerSpec(p.name, s.name, _addr(s.address), s.port, p.mode, s.check,
+                                           s.check_port if s.check else None))
             if s.source:
                 topo.backend_addresses.add(parse_address(s.source))
         if p.source:
@@ -160,16 +163,21 @@ def _server_address_mask(flows: np.ndarray, topo: Topology) -> np.ndarray:
     return mask
 
 
-def _match_server(flows: np.ndarray, topo: Topology) -> np.ndarray:
+def _match_server(flows: np.ndarray, topo: Topology) -> tuple[np.ndarray, np.ndarray]:
+    """Server index per flow (-1) and whether the flow went to the server's check port."""
     out = np.full(flows.shape[0], -1, np.int32)
+    check = np.zeros(flows.shape[0], bool)
     for i, s in enumerate(topo.servers):
         if s.address is None:
             continue
-        hit = (flows["responder_hi"] == s.address[0]) & (flows["responder_lo"] == s.address[1]) & (out < 0)
-        if s.port is not None:
-            hit &= flows["responder_port"] == s.port
+        at = (flows["responder_hi"] == s.address[0]) & (flows["responder_lo"] == s.address[1]) & (out < 0)
+        hit = at & (flows["responder_port"] == s.port) if s.port is not None else at
         out[hit] = i
-    return out
+        if s.check_port is not None and s.check_port != s.port:
+            to_check = at & (flows["responder_port"] == s.check_port) & (out < 0)
+            out[to_check] = i
+            check |= to_check
+    return out, check
 
 
 def assign_roles(flows: np.ndarray, topo: Topology) -> FlowRoles:
@@ -177,7 +185,7 @@ def assign_roles(flows: np.ndarray, topo: Topology) -> FlowRoles:
     no server list (`--proxy`, inference), the servers, from the traffic."""
     frontend = _match_frontend(flows, topo)
     is_front = frontend >= 0
-    server = _match_server(flows, topo)
+    server, check = _match_server(flows, topo)
     if topo.source == "config":
         # whoever opens the connections to configured servers is HAProxy's backend side
         learned = _addresses(flows["initiator_hi"][server >= 0], flows["initiator_lo"][server >= 0])
@@ -188,12 +196,13 @@ def assign_roles(flows: np.ndarray, topo: Topology) -> FlowRoles:
     from_back = _from_addresses(flows, topo.backend_addresses) & ~is_front
     if topo.source != "config":
         _learn_servers(flows, from_back, topo)
-        server = _match_server(flows, topo)
+        server, check = _match_server(flows, topo)
     backend = ((server >= 0) | from_back) & ~is_front
     leg = np.full(flows.shape[0], av.LEG_UNKNOWN, np.uint8)
     leg[is_front] = av.LEG_FRONTEND
     leg[backend] = av.LEG_BACKEND
-    return FlowRoles(leg=leg, frontend=frontend, server=np.where(backend, server, -1).astype(np.int32))
+    return FlowRoles(leg=leg, frontend=frontend, server=np.where(backend, server, -1).astype(np.int32),
+                     check=check & backend)
 
 
 def _addresses(hi: np.ndarray, lo: np.ndarray) -> set[tuple[int, int]]:

@@ -1,0 +1,233 @@
+"""Attribution pieces one by one: haproxy.cfg parsing, HAProxy log parsing, topology
+inference, the middlebox rule, and the CLI options (real files, real captures, no mocks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracer.analysis import AttributionOptions, CaptureAnalysis
+from tracer.attribution import rst_rows
+from tracer.attribution.config import ConfigError, parse_config, parse_duration_ns, parse_endpoint
+from tracer.attribution.logs import LogError, format_regex, load_log, parse_log
+from tracer.decode import decode_frames
+from tracer.packet import TH_RST, parse_address
+from tracer.source import open_capture
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "captures" / "lab"
+OUT = LAB / "out"
+
+CFG = """
+global
+    maxconn 100
+defaults base
+    mode http
+    timeout client 30s
+    timeout server 1m
+    timeout connect 500   # milliseconds by default
+    option nolinger
+defaults
+    mode tcp
+    timeout client 2s
+frontend www from base
+    bind 192.0.2.1:80,192.0.2.1:8080-8081
+    bind [2001:db8::1]:443 ssl crt /x.pem
+    bind :9999
+    no option nolinger
+    tcp-request connection reject if { src 198.51.100.0/24 }
+    tcp-request connection silent-drop rst-ttl 3 if { src 203.0.113.9 }
+    log-format "%ci:%cp [%tr] %ft %b/%s %ST %tsc \\"quoted\\""
+    use_backend api if { path_beg /api }
+    default_backend app
+frontend raw
+    bind 192.0.2.1:5000
+backend app from base
+    option http-server-close
+    server a1 10.0.0.1:8080 check port 8070 inter 300ms
+    server a2 10.0.0.2 check
+backend api
+    server x 10.0.0.3:9000 source 10.0.0.254
+"""
+
+
+def test_config_sections_defaults_and_rules():
+    config = parse_config(CFG)
+    www, raw = config.frontends
+    assert www.mode == "http" and raw.mode == "tcp"  # named defaults via `from`, else the last
+    assert www.timeouts_ns["client"] == 30 * 10**9 and raw.timeouts_ns["client"] == 2 * 10**9
+    assert www.timeouts_ns["server"] == 60 * 10**9 and www.timeouts_ns["connect"] == 500 * 10**6
+    assert "nolinger" not in www.options  # `no option` clears the inherited one
+    assert [b.text() for b in www.binds] == ["192.0.2.1:80", "192.0.2.1:8080-8081",
+                                             "[2001:db8::1]:443", "*:9999"]
+    actions = [(r.stage, r.action, r.rst_ttl) for r in www.rules]
+    assert actions == [("connection", "reject", None), ("connection", "silent-drop", 3)]
+    assert www.log_format.endswith('%tsc "quoted"')
+    assert [b.name for b in config.routes(www)] == ["api", "app"]
+    app = config.backend("app")
+    assert "nolinger" in app.options and "http-server-close" in app.options
+    a1, a2 = app.servers
+    assert (a1.address, a1.port, a1.check, a1.check_port, a1.check_inter_ns) == \
+        ("10.0.0.1", 8080, True, 8070, 300 * 10**6)
+    assert (a2.address, a2.port, a2.check) == ("10.0.0.2", None, True)
+    assert config.backend("api").servers[0].source == "10.0.0.254"
+    assert config.global_maxconn == 100
+
+
+def test_config_odd_lines_become_warnings_and_non_configs_fail():
+    config = parse_config("frontend f\n    bind 1.2.3.4:80\n    timeout client soon\n")
+    assert config.warnings and "soon" in config.warnings[0]
+    with pytest.raises(ConfigError):
+        parse_config("this is not\nan haproxy config\n")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10.0.0.1:80", ("10.0.0.1", 80, 80)), ("*:443", (None, 443, 443)),
+    ("ipv6@::1:8443", ("::1", 8443, 8443)), ("[fe80::1]:1-2", ("fe80::1", 1, 2)),
+])
+def test_endpoints(text, expected):
+    e = parse_endpoint(text)
+    assert (e.address, e.port_lo, e.port_hi) == expected
+    assert parse_endpoint("/run/haproxy.sock") is None
+    assert parse_duration_ns("2m") == 120 * 10**9
+
+
+HTTPLOG = ('<134>Nov 22 02:05:14 lb haproxy[4242]: 10.1.2.3:40000 [22/Nov/2026:02:05:14.225] '
+           'fe_http be_app/s1 0/0/1/2/3 200 1234 - - ---- 1/1/0/0/0 0/0 "GET / HTTP/1.1"')
+TCPLOG = ("10.1.2.4:40001 [22/Nov/2026:02:05:15.000] fe_tcp be_tcp/s2 1/0/251 0 CD "
+          "2/1/0/0/+1 0/0")
+
+
+def test_log_lines_default_formats_syslog_wrapped():
+    entries = parse_log("\n".join([HTTPLOG, TCPLOG, "garbage line"]))
+    assert entries.lines == 3 and entries.unparsed == 1
+    assert entries.termination == ["--", "CD"]
+    assert entries.server == ["s1", "s2"]
+    r = entries.rows
+    assert (r["client_hi"][0], r["client_lo"][0]) == parse_address("10.1.2.3")
+    assert r["client_port"].tolist() == [40000, 40001]
+    assert r["retries"].tolist() == [0, 1]
+    assert r["status"].tolist() == [200, -1]
+    assert r["accept_local_ns"][1] - r["accept_local_ns"][0] == 775_000_000
+
+
+def test_custom_log_format_from_the_config():
+    config = parse_config((LAB / "haproxy-client-abort.cfg").read_text())
+    entries = load_log(str(OUT / "client-abort.haproxy.log"), config)
+    assert entries.unparsed == 0 and entries.rows.shape[0] == entries.lines
+    assert (entries.rows["bsrc_port"] > 0).sum() >= 28  # %bi:%bp from the lab's suffix
+    rx = format_regex("%ci:%cp %{+Q}r %hr %hs %ts")
+    assert rx.search('1.2.3.4:5 "GET / HTTP/1.1" CD').group("ts") == "CD"
+    assert rx.search('1.2.3.4:5 "GET / HTTP/1.1" {a} {b} sD').group("ts") == "sD"
+
+
+def test_log_that_matches_nothing_is_an_error(tmp_path):
+    bad = tmp_path / "x.log"
+    bad.write_text("not a haproxy line\n")
+    with pytest.raises(LogError):
+        load_log(str(bad))
+
+
+def _analysis(path: Path, options: AttributionOptions, edit=None) -> CaptureAnalysis:
+    analysis = CaptureAnalysis(path=str(path), options=options)
+    with open_capture(str(path)) as reader:
+        for frames in reader.batches():
+            packets, counts = decode_frames(frames)
+            if edit is not None:
+                edit(packets)
+            analysis.add(packets, counts)
+    analysis.summary()
+    return analysis
+
+
+def test_inference_finds_the_lab_haproxy_and_not_busy_loopback():
+    lab = _analysis(OUT / "client-abort.pcapng", AttributionOptions())
+    topo = lab.attribution.topology.describe()
+    assert topo["source"] == "inferred"
+    assert topo["frontends"][0]["binds"] == ["10.232.1.1:8000", "10.232.1.1:9000"]
+    assert topo["haproxy_backend_addresses"] == ["10.232.2.1"]
+    busy = _analysis(ROOT / "captures" / "demo-basic.pcapng", AttributionOptions())
+    assert busy.attribution.topology.frontends == []
+    assert {d["leg"] for d in rst_rows(busy.attribution)} == {"unknown"}
+
+
+def test_an_rst_with_a_foreign_ttl_is_the_network():
+    """A server's RST re-sent with another hop count (what a middlebox forging the server's
+    address looks like at the capture point) becomes `network`; the same capture untouched
+    says `server`."""
+    path = OUT / "server-reset.pcapng"
+    server = parse_address("10.232.2.11")
+    options = AttributionOptions()
+
+    def forge(packets):
+        from_server = (packets["src_hi"] == server[0]) & (packets["src_lo"] == server[1])
+        rst = (packets["flags"] & TH_RST) != 0
+        packets["ttl"][from_server & rst] = 61
+
+    plain = {d["frame"]: d for d in rst_rows(_analysis(path, options).attribution)}
+    forged = {d["frame"]: d for d in rst_rows(_analysis(path, AttributionOptions(), forge).attribution)}
+    changed = [f for f in plain if plain[f]["sender"] == "server" and plain[f]["src"] == "10.232.2.11"]
+    assert changed
+    for f in changed:
+        assert plain[f]["cause"] == "server"
+        assert forged[f]["sender"] == "network" and forged[f]["cause"] == "network"
+        assert forged[f]["reason"] == "middlebox_injected"
+        assert any(e.startswith("ttl_mismatch:-3") for e in forged[f]["evidence"])
+    untouched = [f for f in plain if f not in changed]
+    assert all(forged[f]["cause"] == plain[f]["cause"] for f in untouched)
+
+
+def test_attribution_can_be_turned_off_in_the_library():
+    off = _analysis(OUT / "nolinger.pcapng", AttributionOptions(enabled=False))
+    assert off.attribution is None
+    assert "rst_attribution" not in off.summary()
+
+
+def _tracer(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True,
+                          timeout=120, check=check, cwd=ROOT)
+
+
+def test_cli_csv_json_and_text(tmp_path):
+    cap = OUT / "nolinger.pcapng"
+    out_csv = tmp_path / "rsts.csv"
+    result = _tracer("analyze", str(cap), "--haproxy-config", str(LAB / "haproxy-nolinger.cfg"),
+                     "--haproxy-log", str(OUT / "nolinger.haproxy.log"),
+                     "--rsts-csv", str(out_csv), "--format", "json")
+    doc = json.loads(result.stdout)["captures"][0]
+    assert doc["topology"]["source"] == "config"
+    assert doc["join"]["join_rate"] == 1.0
+    assert doc["rst_attribution"]["rsts"] == doc["rsts"] == len(doc["rst_details"])
+    assert doc["haproxy_log"]["termination_agreement"]["rate"] == 1.0
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == doc["rsts"]
+    for column in ("frame", "ts", "src", "sport", "dst", "dport", "leg", "sender", "cause",
+                   "routine", "origin", "caused_by_frame", "reason", "termination_state",
+                   "confidence", "evidence"):
+        assert column in rows[0]
+    propagated = [r for r in rows if r["origin"] == "propagated"]
+    assert propagated and all(int(r["caused_by_frame"]) > 0 for r in propagated)
+    text = _tracer("analyze", str(cap), "--proxy", "10.232.1.1").stdout
+    assert "topology                  proxy" in text
+    faults = text.index("faults by cause")
+    routine = text.index("routine by reason")
+    assert faults < routine  # faults first
+
+
+@pytest.mark.parametrize("args", [
+    ["--proxy", "not-an-address"],
+    ["--haproxy-config", "/nonexistent.cfg"],
+    ["--haproxy-log", "/nonexistent.log"],
+    ["--haproxy-config", str(LAB / "haproxy-nolinger.cfg"), "--proxy", "10.0.0.1"],
+    ["--haproxy-config", str(OUT / "nolinger.truth.csv")],
+])
+def test_cli_bad_attribution_inputs_are_one_line(args):
+    result = _tracer("analyze", str(OUT / "nolinger.pcapng"), *args, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("tracer: error: ") and result.stderr.count("\n") == 1

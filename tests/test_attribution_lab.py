@@ -1,0 +1,166 @@
+"""RST attribution against the HAProxy lab's ground truth: the accuracy bar of issue 5.
+
+Rules: every scenario with a committed capture and truth (captures/lab/out/<s>.pcapng,
+<s>.truth.csv) is run through the real pipeline (decode, flows, attribution) in four ways: with
+its own haproxy-<s>.cfg; with the config and HAProxy's log; with `--proxy` only (the
+frontend's address, read from the config's first bind line: what a user would type); and with
+nothing (the topology inferred from the traffic). For each, at least 99% of the RST frames
+must get the truth's root cause and leg, and the truth's routine flag. The truth is read by
+the test only, never by tracer. A confusion matrix (truth cause/leg/routine -> predicted) is
+printed per scenario and mode (`pytest -s` shows it; a failure shows it in the message).
+
+Theory: the truth CSV has one row per RST frame, the frame number being the key; tracer's
+per-RST rows carry the same frame numbers (tshark's numbering).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tracer.analysis import AttributionOptions
+from tracer.attribution.config import load_config
+from tracer.attribution.logs import load_log
+from tracer.pipeline import analyze_native, run
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "captures" / "lab"
+OUT = LAB / "out"
+BAR = 0.99
+SCENARIOS = sorted(p.name[: -len(".truth.csv")] for p in OUT.glob("*.truth.csv")
+                   if (OUT / p.name.replace(".truth.csv", ".pcapng")).exists())
+MODES = ("config", "config+log", "proxy", "inferred")
+
+
+def _truth(scenario: str) -> dict[int, dict]:
+    with open(OUT / f"{scenario}.truth.csv", newline="") as fh:
+        return {int(r["frame"]): r for r in csv.DictReader(fh)}
+
+
+def _proxy_address(scenario: str) -> list[str]:
+    config = load_config(str(LAB / f"haproxy-{scenario}.cfg"))
+    for front in config.frontends:
+        for bind in front.binds:
+            if bind.address:
+                return [bind.address]
+    pytest.fail(f"haproxy-{scenario}.cfg binds no explicit address: --proxy needs one")
+
+
+def _options(scenario: str, mode: str) -> AttributionOptions:
+    cfg = LAB / f"haproxy-{scenario}.cfg"
+    if mode == "config":
+        return AttributionOptions(config=load_config(str(cfg)))
+    if mode == "config+log":
+        config = load_config(str(cfg))
+        return AttributionOptions(config=config,
+                                  log_entries=load_log(str(OUT / f"{scenario}.haproxy.log"), config))
+    if mode == "proxy":
+        return AttributionOptions(proxy=_proxy_address(scenario))
+    return AttributionOptions()
+
+
+_CACHE: dict[tuple[str, str], dict] = {}
+
+
+def _attributed(scenario: str, mode: str) -> dict:
+    key = (scenario, mode)
+    if key not in _CACHE:
+        _, summary = run(analyze_native(str(OUT / f"{scenario}.pcapng"),
+                                        attribution=_options(scenario, mode)))
+        _CACHE[key] = summary
+    return _CACHE[key]
+
+
+def score(truth: dict[int, dict], details: list[dict]) -> tuple[float, float, Counter, list]:
+    """(share right on cause+leg+routine, share right on sender, confusion, wrong rows)."""
+    got = {d["frame"]: d for d in details}
+    confusion: Counter = Counter()
+    right = sender_right = 0
+    wrong = []
+    for frame, t in truth.items():
+        d = got.get(frame)
+        want = (t["root_cause"], t["leg"], t["routine"] == "true")
+        have = (d["cause"], d["leg"], d["routine"]) if d else ("missing", "missing", None)
+        confusion[(want, have)] += 1
+        if want == have:
+            right += 1
+        else:
+            wrong.append((frame, t["intent"], want, have, d and d["reason"], d and d["evidence"]))
+        sender_right += bool(d) and d["sender"] == t["sender_role"]
+    n = max(len(truth), 1)
+    return right / n, sender_right / n, confusion, wrong
+
+
+def matrix_text(scenario: str, mode: str, confusion: Counter) -> str:
+    def label(k) -> str:
+        cause, leg, routine = k
+        return f"{leg}/{cause}" + ("/routine" if routine else "")
+
+    rows = sorted({label(w) for w, _ in confusion})
+    cols = sorted({label(h) for _, h in confusion})
+    width = max([len(r) for r in rows + cols] + [8])
+    lines = [f"confusion {scenario} [{mode}] (rows: truth leg/cause, columns: tracer)",
+             " " * width + " | " + " | ".join(c.rjust(width) for c in cols)]
+    for r in rows:
+        counts = [sum(n for (w, h), n in confusion.items() if label(w) == r and label(h) == c)
+                  for c in cols]
+        lines.append(r.ljust(width) + " | " + " | ".join(str(x).rjust(width) for x in counts))
+    return "\n".join(lines)
+
+
+def test_lab_has_scenarios():
+    assert len(SCENARIOS) >= 10, SCENARIOS
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rst_attribution_accuracy(scenario, mode):
+    truth = _truth(scenario)
+    summary = _attributed(scenario, mode)
+    details = summary["rst_details"]
+    assert len(details) == len(truth), "tracer and the truth disagree on the RST frames"
+    accuracy, sender_accuracy, confusion, wrong = score(truth, details)
+    text = matrix_text(scenario, mode, confusion)
+    print(f"\n{text}\n{scenario} [{mode}]: {accuracy:.1%} cause+leg+routine, "
+          f"{sender_accuracy:.1%} sender ({len(truth)} RSTs)")
+    assert accuracy >= BAR, f"{accuracy:.1%} < {BAR:.0%}\n{text}\nwrong: {wrong[:8]}"
+    assert sender_accuracy >= BAR, f"sender {sender_accuracy:.1%}\nwrong: {wrong[:8]}"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_log_does_not_make_it_worse_and_agrees(scenario):
+    truth = _truth(scenario)
+    without = score(truth, _attributed(scenario, "config")["rst_details"])[0]
+    with_log_summary = _attributed(scenario, "config+log")
+    with_log = score(truth, with_log_summary["rst_details"])[0]
+    assert with_log >= without
+    log = with_log_summary["haproxy_log"]
+    assert log["unparsed"] == 0
+    assert log["joined_to_frontend_flows"] == log["parsed"]
+    agreement = log["termination_agreement"]
+    print(f"\n{scenario}: termination state agrees with HAProxy's log on "
+          f"{agreement['agree']}/{agreement['streams_compared']}: {agreement['confusion']}")
+    if agreement["streams_compared"]:
+        assert agreement["rate"] >= 0.95, agreement
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_join_matches_the_logged_backend_connection(scenario):
+    """The packet-only join against the exact join HAProxy's own log gives (%bi:%bp): the
+    join accuracy on the lab captures."""
+    packets_only = _attributed(scenario, "config")["join"]
+    with_log = _attributed(scenario, "config+log")["join"]
+    assert packets_only["join_rate"] is None or packets_only["join_rate"] >= 0.99
+    assert with_log.get("log_changed_joins", 0) == 0, with_log
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_termination_state_matches_truth(scenario):
+    truth = _truth(scenario)
+    details = {d["frame"]: d for d in _attributed(scenario, "config")["rst_details"]}
+    right = sum(1 for f, t in truth.items()
+                if (details[f]["termination_state"] or "not-logged") == t["termination_state"])
+    assert right / len(truth) >= 0.95, f"{right}/{len(truth)}"
