@@ -61,7 +61,7 @@ import numpy as np
 
 from tracer.attribution import vocab as av
 from tracer.attribution.join import Join
-from tracer.attribution.timeline import QUIET_MIN_NS
+from tracer.attribution.timeline import QUIET_MIN_NS, address_key
 from tracer.flows import vocab as fv
 
 R = av.REASON
@@ -173,8 +173,8 @@ def _clustered(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, leg: np.ndarray,
                    frontend: np.ndarray, server: np.ndarray, join: Join, settings: Settings,
-                   ttl_baseline: tuple[np.ndarray, np.ndarray, np.ndarray],
-                   host_min_rtt: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   ttl_baseline: tuple[np.ndarray, np.ndarray],
+                   host_min_rtt: tuple[np.ndarray, np.ndarray],
                    check: np.ndarray | None = None) -> RstAttribution:
     """`flows` sorted by flow_id; `timeline`, `leg`, `frontend`, `server` (and `check`: the
     flow went to a server's `check port`) aligned with it."""
@@ -231,13 +231,14 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
 
     # -- network evidence (per RST) -----------------------------------------------------------
     ttl = rsts["ttl"].astype(np.int16)
-    b_hi, b_lo, b_ttl = ttl_baseline
-    base = np.where(rsts["ttl_known"], ttl - rsts["ttl_delta"], _lookup(b_hi, b_lo, b_ttl, rsts["src_hi"], rsts["src_lo"], -1))
+    src_key = address_key(rsts["src_hi"], rsts["src_lo"])
+    b_keys, b_ttl = ttl_baseline
+    base = np.where(rsts["ttl_known"], ttl - rsts["ttl_delta"], _lookup(b_keys, b_ttl, src_key, -1))
     ttl_one = (ttl == 1) & (base != 1)
     ttl_mismatch = (base >= 0) & (ttl != base) & ~(ttl_one & (sender == av.ROLE_HAPROXY))
     continued = rsts["continued"].astype(bool)
-    m_hi, m_lo, m_rtt = host_min_rtt
-    min_rtt = _lookup(m_hi, m_lo, m_rtt, rsts["src_hi"], rsts["src_lo"], -1)
+    m_keys, m_rtt = host_min_rtt
+    min_rtt = _lookup(m_keys, m_rtt, src_key, -1)
     idle_rx = rsts["idle_receiver_ns"]
     too_fast = (min_rtt >= TOO_FAST_MIN_RTT_NS) & (idle_rx >= 0) & (idle_rx * 2 < min_rtt)
     out_of_window = rsts["seq_class"] == fv.SEQ_OUT_OF_WINDOW
@@ -564,29 +565,22 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     return RstAttribution(out, termination, evidence)
 
 
-def _lookup(keys_hi: np.ndarray, keys_lo: np.ndarray, values: np.ndarray, hi: np.ndarray,
-            lo: np.ndarray, missing: int) -> np.ndarray:
-    """values for (hi, lo) in keys sorted by (hi, lo); `missing` where absent."""
-    out = np.full(hi.shape[0], missing, np.int64)
-    if keys_hi.size == 0 or hi.size == 0:
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, missing: int) -> np.ndarray:
+    """values for query keys in sorted `keys`; `missing` where absent."""
+    out = np.full(query.shape[0], missing, np.int64)
+    if keys.size == 0 or query.size == 0:
         return out
-    k = np.zeros(keys_hi.size, [("hi", np.uint64), ("lo", np.uint64)])
-    k["hi"], k["lo"] = keys_hi, keys_lo
-    q = np.zeros(hi.size, k.dtype)
-    q["hi"], q["lo"] = hi, lo
-    order = np.argsort(k, order=("hi", "lo"))
-    pos = np.searchsorted(k[order], q)
-    pos_c = np.minimum(pos, k.size - 1)
-    hit = (pos < k.size) & (k[order][pos_c] == q)
-    out[hit] = values[order][pos_c[hit]]
+    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    hit = keys[pos] == query
+    out[hit] = values[pos[hit]]
     return out
 
 
-def host_min_rtt(rtts: np.ndarray, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per host address, the minimum RTT measured from the capture point to it and back."""
+def host_min_rtt(rtts: np.ndarray, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per host (as `address_key`, sorted), the minimum RTT measured from the capture point to
+    it and back."""
     if rtts.shape[0] == 0 or flows.shape[0] == 0:
-        e = np.zeros(0, np.uint64)
-        return e, e, np.zeros(0, np.int64)
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     row = np.searchsorted(flows["flow_id"], rtts["flow_id"])
     row = np.minimum(row, flows.shape[0] - 1)
     ok = flows["flow_id"][row] == rtts["flow_id"]
@@ -594,9 +588,9 @@ def host_min_rtt(rtts: np.ndarray, flows: np.ndarray) -> tuple[np.ndarray, np.nd
     responder = r["side"] == 1
     hi = np.where(responder, flows["responder_hi"][row], flows["initiator_hi"][row])
     lo = np.where(responder, flows["responder_lo"][row], flows["initiator_lo"][row])
-    keys = np.zeros(hi.size, [("hi", np.uint64), ("lo", np.uint64)])
-    keys["hi"], keys["lo"] = hi, lo
-    uniq, inv = np.unique(keys, return_inverse=True)
-    best = np.full(uniq.size, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(best, inv.ravel(), r["rtt_ns"])
-    return uniq["hi"], uniq["lo"], best
+    keys = address_key(hi, lo)
+    o = np.lexsort((r["rtt_ns"], keys))
+    keys, rtt = keys[o], r["rtt_ns"][o]
+    first = np.ones(keys.size, bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return keys[first], rtt[first]

@@ -53,19 +53,34 @@ def blank_timeline(n: int) -> np.ndarray:
     return t
 
 
+def address_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """A 56-bit hash of an address (both halves), shifted left by 8 bits so that a TTL fits in
+    the low byte: one uint64 per (address, ttl), sortable at integer speed."""
+    h = hi.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    h ^= lo.astype(np.uint64)
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(29)
+    return h & ~np.uint64(0xFF)
+
+
 class Timeline:
     def __init__(self) -> None:
         self.rows = blank_timeline(1024)
-        # (address hi, address lo, ttl) -> packets, as sorted unique keys with counts
-        self._ttl_keys = np.zeros(0, _TTL_KEY)
+        # address_key | ttl -> packets, as sorted unique keys with counts
+        self._ttl_keys = np.zeros(0, np.uint64)
         self._ttl_counts = np.zeros(0, np.int64)
 
     def add(self, packets: np.ndarray, segments: np.ndarray) -> None:
         if segments.shape[0] == 0:
             return
         # Segment rows -> their packets (both sorted by frame within a batch).
-        order = np.argsort(packets["frame"], kind="stable")
-        pos = order[np.searchsorted(packets["frame"], segments["frame"], sorter=order)]
+        frames = packets["frame"]
+        if frames.shape[0] > 1 and not (frames[1:] > frames[:-1]).all():
+            order = np.argsort(frames, kind="stable")
+            pos = order[np.searchsorted(frames, segments["frame"], sorter=order)]
+        else:
+            pos = np.searchsorted(frames, segments["frame"])
         keep = (segments["flags"] & fv.A_DUPLICATE) == 0
         seg = segments[keep]
         pk = packets[pos[keep]]
@@ -77,7 +92,7 @@ class Timeline:
         if need > self.rows.shape[0]:
             grow = max(need, 2 * self.rows.shape[0])
             self.rows = np.concatenate((self.rows, blank_timeline(grow - self.rows.shape[0])))
-        o = np.lexsort((seg["frame"], flow))
+        o = np.argsort(flow, kind="stable")  # segment rows come in frame order
         flow, frame = flow[o], seg["frame"][o]
         direction = seg["direction"][o].astype(np.int8)
         ts = pk["ts_ns"][o]
@@ -134,10 +149,10 @@ class Timeline:
         plain = pk[(pk["flags"] & TH_RST) == 0]
         if plain.shape[0] == 0:
             return
-        keys = np.zeros(plain.shape[0], _TTL_KEY)
-        keys["hi"], keys["lo"], keys["ttl"] = plain["src_hi"], plain["src_lo"], plain["ttl"]
-        allk = np.concatenate((self._ttl_keys, keys))
-        allc = np.concatenate((self._ttl_counts, np.ones(keys.shape[0], np.int64)))
+        keys = address_key(plain["src_hi"], plain["src_lo"]) | plain["ttl"].astype(np.uint64)
+        batch, counts = np.unique(keys, return_counts=True)
+        allk = np.concatenate((self._ttl_keys, batch))
+        allc = np.concatenate((self._ttl_counts, counts))
         uniq, inverse = np.unique(allk, return_inverse=True)
         self._ttl_keys = uniq
         self._ttl_counts = np.bincount(inverse.ravel(), weights=allc, minlength=uniq.shape[0]).astype(np.int64)
@@ -149,24 +164,20 @@ class Timeline:
             return self.rows[:n]
         return np.concatenate((self.rows, blank_timeline(n - self.rows.shape[0])))
 
-    def ttl_baseline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per address (hi, lo): its most common TTL of non-RST packets. Sorted by (hi, lo)."""
+    def ttl_baseline(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per address (as `address_key`, sorted): its most common TTL of non-RST packets."""
         k, c = self._ttl_keys, self._ttl_counts
         if k.shape[0] == 0:
-            empty = np.zeros(0, np.uint64)
-            return empty, empty, np.zeros(0, np.int16)
-        # keys are sorted by (hi, lo, ttl): per address, the ttl with the highest count
+            return np.zeros(0, np.uint64), np.zeros(0, np.int16)
+        addr = k & ~np.uint64(0xFF)
         addr_start = np.ones(k.shape[0], bool)
-        addr_start[1:] = (k["hi"][1:] != k["hi"][:-1]) | (k["lo"][1:] != k["lo"][:-1])
+        addr_start[1:] = addr[1:] != addr[:-1]
         group = np.cumsum(addr_start) - 1
         best = np.lexsort((-c, group))
         first = np.ones(best.shape[0], bool)
         first[1:] = group[best][1:] != group[best][:-1]
         chosen = best[first]
-        return k["hi"][chosen], k["lo"][chosen], k["ttl"][chosen].astype(np.int16)
-
-
-_TTL_KEY = np.dtype([("hi", np.uint64), ("lo", np.uint64), ("ttl", np.uint8)])
+        return addr[chosen], (k[chosen] & np.uint64(0xFF)).astype(np.int16)
 
 
 def _first_per_group(mask: np.ndarray, group: np.ndarray) -> np.ndarray:

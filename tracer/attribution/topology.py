@@ -37,7 +37,10 @@ from tracer.packet import format_address, parse_address
 
 NEST_MIN = 0.9  # share of B's connections nested in A's for inference
 NEST_MIN_GIVEN = 0.5  # with --proxy the frontend is given: a weaker signal suffices
-MIN_NESTED_FLOWS = 2
+MIN_NESTED_FLOWS = 3
+# A proxy opens about as many server connections as it accepts (fewer with connection reuse):
+# a B with a handful of connections next to thousands of accepts is a client elsewhere.
+MIN_BACKEND_SHARE = 0.2
 LAG_SHARE_MAX = 0.25  # median trigger->SYN lag against the median spacing of accepts
 LAG_MAX_NS = 1_000_000_000
 
@@ -312,7 +315,8 @@ def infer(flows: np.ndarray, first_client_data: np.ndarray | None = None) -> Top
                 continue
             outer = to_a & accepted & ~mine
             nested = _nesting(start[mine], start[outer], last[outer])
-            if nested.sum() >= MIN_NESTED_FLOWS and nested.mean() >= NEST_MIN:
+            enough = nested.sum() >= max(MIN_NESTED_FLOWS, MIN_BACKEND_SHARE * outer.sum())
+            if enough and nested.mean() >= NEST_MIN:
                 prompt, lag, spacing = _prompt(start[mine], start[outer], first_client_data[outer])
                 if not prompt:
                     rejected.append(f"{format_address(*a)} accepts and {format_address(*b)} opens "
