@@ -215,13 +215,15 @@ def test_no_scaling_when_one_side_lacks_the_option():
     assert track(f.packets()).segments["window"].tolist() == [65535, 65535, 500]
 
 
-def test_port_reuse_starts_a_new_flow():
+@pytest.mark.parametrize("batch", [None, 1, 3, 6])
+def test_port_reuse_starts_a_new_flow(batch):
+    # batch=6: the new SYN opens the second batch, the first flow having started in the first.
     f = handshake(Flow())
     f.add(3, "c", 1001, 5001, TH_ACK | TH_FIN)
     f.add(4, "s", 5001, 1002, TH_ACK | TH_FIN)
     f.add(5, "c", 1002, 5002, TH_ACK)
     handshake(f, isn_c=90000, isn_s=70000, t=10)
-    t = track(f.packets())
+    t = track(f.packets(), batch)
     assert t.flows["flow_id"].tolist() == [0, 1]
     assert t.flows["reused"].tolist() == [False, True]
     assert flags_of(t)[7] == ["reused_ports"]

@@ -197,14 +197,14 @@ class Columns:
     def __getitem__(self, key):
         if isinstance(key, str):
             return self.cols[key]
-        return type(self)({name: _take_rows(col, key) for name, col in self.cols.items()})
+        return type(self)({name: take_rows(col, key) for name, col in self.cols.items()})
 
     def __setitem__(self, key, value) -> None:
         if isinstance(key, str):
             self.cols[key][...] = value
         else:
             for name, col in self.cols.items():
-                _rows_view(col)[key] = _rows_view(np.ascontiguousarray(value.cols[name], col.dtype))
+                rows_view(col)[key] = rows_view(np.ascontiguousarray(value.cols[name], col.dtype))
 
     def concatenate(self, other: Columns) -> Columns:
         return type(self)({name: np.concatenate((col, other.cols[name]))
@@ -214,7 +214,7 @@ class Columns:
 _ROW_TYPES = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64, 16: np.complex128}
 
 
-def _rows_view(col: np.ndarray) -> np.ndarray:
+def rows_view(col: np.ndarray) -> np.ndarray:
     """A C-contiguous column of pairs (n, k) seen as n single items, so that selecting rows
     moves one item per row: numpy's fancy indexing of 2-D rows is ~10x slower."""
     if col.ndim == 1:
@@ -223,10 +223,10 @@ def _rows_view(col: np.ndarray) -> np.ndarray:
     return col.view(_ROW_TYPES.get(width, np.dtype((np.void, width)))).reshape(col.shape[0])
 
 
-def _take_rows(col: np.ndarray, key) -> np.ndarray:
+def take_rows(col: np.ndarray, key) -> np.ndarray:
     if col.ndim == 1:
         return col[key]
-    rows = _rows_view(col)[key]
+    rows = rows_view(col)[key]
     return rows.view(col.dtype).reshape(rows.shape[0], *col.shape[1:])
 
 

@@ -57,6 +57,8 @@ from tracer.flows.tables import (
     SEGMENT_DTYPE,
     Columns,
     blank_state,
+    rows_view,
+    take_rows,
 )
 from tracer.packet import OPT_TIMESTAMP, OPT_WSCALE, TH_ACK, TH_FIN, TH_RST, TH_SYN
 
@@ -348,9 +350,16 @@ class FlowTracker:
         # that continues from earlier batches, a blank one for flows that start here.
         flow_slot = np.zeros(nf, np.int64)
         flow_slot[dense] = b.slot
-        continuing = st["flow_id"][flow_slot] == uniq_flow
-        init = st[flow_slot]
+        prev_flow = st["flow_id"][flow_slot]
+        continuing = prev_flow == uniq_flow
         fresh = ~continuing
+        if fresh.any():
+            # A flow reusing the slot of one with no packets in this batch: that one is over.
+            _, here = _find(uniq_flow, prev_flow)
+            over = fresh & (prev_flow >= 0) & ~here
+            if over.any():
+                self._emit_flows(st[np.unique(flow_slot[over])])
+        init = st[flow_slot]
         if fresh.any():
             # Flows starting here begin blank, on their slot's endpoints.
             fi = np.flatnonzero(fresh)
@@ -718,8 +727,6 @@ class FlowTracker:
         fin_state["last_data_ts"] = np.maximum(fin_state["last_data_ts"], ldt.reshape(nf, 2))
         fin_state["last_data_frame"] = np.maximum(fin_state["last_data_frame"], ldf.reshape(nf, 2))
         counters = (
-            ("packets", np.ones(n, bool)),
-            ("payload_bytes", None),
             ("retransmissions", (flags_out & v.A_RETRANSMISSION) != 0),
             ("fast_retransmissions", fast),
             ("spurious_retransmissions", spurious),
@@ -732,9 +739,17 @@ class FlowTracker:
             ("keep_alives", keep_alive),
             ("rst_count", rst_s & live),
         )
-        for name, mask in counters:
-            weights = np.where(live, pay_s, 0) if mask is None else mask.astype(np.int64)
-            fin_state[name] += np.bincount(seg, weights=weights, minlength=nseg).astype(np.int64).reshape(nf, 2)
+        # All counters in one segmented sum over a stack of masks (one byte per row each).
+        stack = np.empty((len(counters), n), np.uint8)
+        for i, (_, mask) in enumerate(counters):
+            stack[i] = mask
+        sums = np.zeros((len(counters), nseg), np.int64)
+        sums[:, S.first_seg] = np.add.reduceat(stack, S.first_rows, axis=1, dtype=np.int64)
+        for i, (name, _) in enumerate(counters):
+            fin_state[name] += sums[i].reshape(nf, 2)
+        fin_state["packets"] += seg_count.reshape(nf, 2)
+        fin_state["payload_bytes"] += sg.reduce_by(np.add, np.where(live, pay_s, 0), S, nseg,
+                                                   0).reshape(nf, 2)
         never = np.iinfo(np.int64).max
         fts = sg.reduce_by(np.minimum, np.where(fin_s & live, ts_o, never), S, nseg, never)
         fts = np.where(fts == np.iinfo(np.int64).max, NO_TIME, fts).reshape(nf, 2)
@@ -776,10 +791,7 @@ class FlowTracker:
         replaced = ~last_of_slot
         if replaced.any():
             self._emit_flows(fin_state[replaced])
-        if replaced.any():
-            st[flow_slot[last_of_slot]] = fin_state[last_of_slot]
-        else:
-            st[flow_slot] = fin_state
+        self._write_back(flow_slot, fin_state, last_of_slot, fresh)
         # Data still waiting for its ACK: drop what the receiver has acknowledged by now.
         pending = self._pending
         if pending.size:
@@ -787,6 +799,30 @@ class FlowTracker:
             receiver = 1 - pending["direction"].astype(np.int64)
             acked_to = np.where(hit, fin_state["max_ack"][at, receiver], NO_SEQ)
             self._pending = pending[~hit | (pending["end"] > acked_to)]
+
+    # Columns kept in the slot itself rather than per flow: the sender references for port
+    # reuse, which _assign_rows maintains in place for every (slot, endpoint).
+    _SLOT_COLUMNS = frozenset(("ref_seq", "ref_valid"))
+    # Columns a flow sets when it starts and never changes.
+    _START_COLUMNS = frozenset(("flow_id", "a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port",
+                                "init_is_a", "midstream", "reused"))
+
+    def _write_back(self, flow_slot, fin_state, keep, fresh) -> None:
+        """Store the batch's final state of the flows that stay active in their slots."""
+        st = self.state
+        rows = None if keep.all() else np.flatnonzero(keep)
+        slots = flow_slot if rows is None else flow_slot[rows]
+        started = np.flatnonzero(fresh if rows is None else fresh[rows])
+        for name, col in fin_state.cols.items():
+            if name in self._SLOT_COLUMNS:
+                continue
+            if rows is not None:
+                col = take_rows(col, rows)
+            if name in self._START_COLUMNS:
+                if started.size:
+                    rows_view(st[name])[slots[started]] = rows_view(take_rows(col, started))
+            else:
+                rows_view(st[name])[slots] = rows_view(np.ascontiguousarray(col))
 
     def _settle_holes(self, uniq_flow, fd_s, frame_o, seq_unw, end, live, ack_s, ack_unw_s,
                       retrans_like, lost, next_before, flags_out) -> None:
