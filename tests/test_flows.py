@@ -377,6 +377,46 @@ def test_results_do_not_depend_on_batching(path):
         assert ra.tobytes() == rb.tobytes(), ("rtts", batch)
 
 
+def reused_ports_traffic() -> np.ndarray:
+    """One 4-tuple used five times: closed by FINs, by an RST, left open, abandoned after a lone
+    SYN, and a last one still open at the end, interleaved with another connection."""
+    f, other = Flow(), Flow(cport=40001)
+    t = 0.0
+    for k, close in enumerate(("fin", "rst", "open", "syn-only", "open")):
+        isn_c, isn_s = 1000 + 100_000 * k, 5000 + 70_000 * k
+        if close == "syn-only":
+            f.add(t, "c", isn_c, 0, TH_SYN)
+        else:
+            handshake(f, isn_c, isn_s, t)
+            f.add(t + 3, "c", isn_c + 1, isn_s + 1, TH_ACK | TH_PSH, payload=100)
+            f.add(t + 4, "s", isn_s + 1, isn_c + 101, TH_ACK | TH_PSH, payload=300)
+        if close == "fin":
+            f.add(t + 5, "c", isn_c + 101, isn_s + 301, TH_ACK | TH_FIN)
+            f.add(t + 6, "s", isn_s + 301, isn_c + 102, TH_ACK | TH_FIN)
+            f.add(t + 7, "c", isn_c + 102, isn_s + 302, TH_ACK)
+        elif close == "rst":
+            f.add(t + 5, "s", isn_s + 301, isn_c + 101, TH_RST | TH_ACK)
+        other.add(t + 1, "c", 7000 + k, 9000, TH_ACK | TH_PSH, payload=10)
+        t += 20
+    packets = np.concatenate(f.rows + other.rows)
+    packets = packets[np.argsort(packets["ts_ns"], kind="stable")]
+    packets["frame"] = np.arange(1, packets.shape[0] + 1)
+    return packets
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 8, 13])
+def test_port_reuse_does_not_depend_on_batching(batch):
+    packets = reused_ports_traffic()
+    whole, cut = track(packets), track(packets, batch)
+    assert whole.flows.shape[0] == 6  # five on the reused 4-tuple, one other
+    assert whole.flows["reused"].sum() == 4
+    for table in ("segments", "flows", "rsts"):
+        a, b = getattr(whole, table), getattr(cut, table)
+        a = np.sort(a, order=a.dtype.names[0])
+        b = np.sort(b, order=b.dtype.names[0])
+        assert a.tobytes() == b.tobytes(), table
+
+
 @pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
 def test_flow_table_accounts_for_every_segment(path):
     packets, _, _ = decode_file(path)
