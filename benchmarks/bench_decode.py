@@ -104,6 +104,10 @@ PYSHARK_FIELDS = {
 TARGET_TRACER_PPS = 1_500_000
 TARGET_RATIO_VS_TSHARK = 30.0
 MEMORY_FLAT_TOLERANCE = 1.15  # 5M-packet peak within 15% of the 1M-packet peak
+# Decode + flows (the flows issue): whole process, against tshark -T fields in the same run.
+TARGET_FLOWS_PPS = 1_200_000
+TARGET_FLOWS_RATIO_VS_TSHARK = 25.0
+TARGET_FLOWS_ANON_MB = 400
 
 
 @dataclass
@@ -214,13 +218,15 @@ def warm_page_cache(path: Path) -> None:
 # ---------------------------------------------------------------- contenders
 
 
-def run_tracer(path: Path, repeat: int) -> dict:
+def run_tracer(path: Path, repeat: int, *, flows: bool = False) -> dict:
+    """benchmarks.decode_only in its own process, best of `repeat`; with `flows`, source +
+    decode + the flow stage end to end."""
     runs = []
+    command = [sys.executable, "-m", "benchmarks.decode_only", str(path)]
+    if flows:
+        command.append("--flows")
     for _ in range(repeat):
-        measured = _check(
-            run_measured([sys.executable, "-m", "benchmarks.decode_only", str(path)]),
-            "benchmarks.decode_only",
-        )
+        measured = _check(run_measured(command), "benchmarks.decode_only")
         runs.append((measured, json.loads(measured.stdout)))
     best, inner = min(runs, key=lambda run: run[0].wall_s)
     return {
@@ -388,6 +394,8 @@ def _mb(kb: int | None) -> str:
 
 def print_table(result: dict) -> None:
     rows = [("tracer (source+decode)", result["tracer"])]
+    if result.get("tracer_flows"):
+        rows.append(("tracer (+flows)", result["tracer_flows"]))
     if result.get("tshark"):
         rows.append(("tshark -T fields", result["tshark"]))
     if result.get("pyshark"):
@@ -408,24 +416,35 @@ def print_table(result: dict) -> None:
         f"(target {TARGET_TRACER_PPS:,}); anonymous memory peak "
         f"{_mb(tracer['peak_rss_anon_kb_sampled'])} MB"
     )
-    for key, label in (("vs_tshark", "tshark"), ("vs_pyshark", "pyshark")):
+    for key, label in (("vs_tshark", "tshark"), ("vs_pyshark", "pyshark"),
+                       ("flows_vs_tshark", "tshark, decode+flows")):
         ratio = result["ratios"].get(key)
         if ratio:
             print(
                 f"tracer / {label}: {ratio['wall']:.1f}x by process wall time, "
-                f"{ratio['loop']:.1f}x by tracer's decode loop"
+                f"{ratio['loop']:.1f}x by tracer's loop"
             )
+    flows = result.get("tracer_flows")
+    if flows:
+        print(
+            f"tracer decode+flows loop: {flows['loop_packets_per_s']:,} packets/s, process "
+            f"{flows['packets_per_s']:,} (target {TARGET_FLOWS_PPS:,}); anonymous memory peak "
+            f"{_mb(flows['peak_rss_anon_kb_sampled'])} MB (target < {TARGET_FLOWS_ANON_MB} MB)"
+        )
     scaling = result.get("memory_scaling")
     if scaling:
         print("\nmemory scaling (peak RSS MB):")
         for row in scaling["files"]:
             tshark_mb = _mb(row.get("tshark_max_rss_kb"))
+            flows = (f"  +flows {_mb(row['flows_max_rss_kb'])} (anon {_mb(row['flows_anon_kb'])})"
+                     if "flows_max_rss_kb" in row else "")
             print(
                 f"  {row['packets']:>10,} packets  {row['bytes'] / 1e6:>7,.0f} MB file  tracer "
-                f"{_mb(row['tracer_max_rss_kb'])} (anon {_mb(row['tracer_anon_kb'])})  "
+                f"{_mb(row['tracer_max_rss_kb'])} (anon {_mb(row['tracer_anon_kb'])}){flows}  "
                 f"tshark {tshark_mb}"
             )
-        print(f"  tracer flat: {scaling['tracer_flat']}")
+        print(f"  tracer flat: {scaling['tracer_flat']}"
+              + (f", with flows: {scaling['flows_flat']}" if "flows_flat" in scaling else ""))
 
 
 def targets(result: dict) -> dict:
@@ -448,11 +467,38 @@ def targets(result: dict) -> dict:
             "tolerance": MEMORY_FLAT_TOLERANCE,
             "met": result["memory_scaling"]["tracer_flat"],
         }
+    flows = result.get("tracer_flows")
+    if flows:
+        out["flows_packets_per_s"] = {
+            "target": TARGET_FLOWS_PPS,
+            "measured_wall": flows["packets_per_s"],
+            "measured_loop": flows["loop_packets_per_s"],
+            "met": flows["packets_per_s"] >= TARGET_FLOWS_PPS,
+        }
+        anon_mb = (flows["peak_rss_anon_kb_sampled"] or 0) / 1024
+        out["flows_anon_memory_mb"] = {
+            "target_below": TARGET_FLOWS_ANON_MB,
+            "measured": round(anon_mb, 1),
+            "met": anon_mb < TARGET_FLOWS_ANON_MB,
+        }
+        if result["ratios"].get("flows_vs_tshark"):
+            ratio = result["ratios"]["flows_vs_tshark"]
+            out["flows_ratio_vs_tshark"] = {
+                "target": TARGET_FLOWS_RATIO_VS_TSHARK,
+                "measured_wall": ratio["wall"],
+                "met": ratio["wall"] >= TARGET_FLOWS_RATIO_VS_TSHARK,
+            }
+        if result.get("memory_scaling") and "flows_flat" in result["memory_scaling"]:
+            out["flows_memory_flat"] = {
+                "tolerance": MEMORY_FLAT_TOLERANCE,
+                "met": result["memory_scaling"]["flows_flat"],
+            }
     return out
 
 
 def memory_scaling(
-    seed: int, flows: int, config_dir: Path, with_tshark: bool, tshark_done: dict[Path, dict]
+    seed: int, flows: int, config_dir: Path, with_tshark: bool, tshark_done: dict[Path, dict],
+    with_flows: bool = True,
 ) -> dict:
     """Peak memory on 1M and 5M packets. tracer runs on both back to back (same code);
     tshark results already measured on one of the files (`tshark_done`) are reused."""
@@ -469,6 +515,11 @@ def memory_scaling(
             "tracer_anon_kb": tracer["peak_rss_anon_kb_sampled"],
             "tracer_packets_per_s": tracer["packets_per_s"],
         }
+        if with_flows:
+            tracked = run_tracer(path, 1, flows=True)
+            row["flows_max_rss_kb"] = tracked["max_rss_kb"]
+            row["flows_anon_kb"] = tracked["peak_rss_anon_kb_sampled"]
+            row["flows_packets_per_s"] = tracked["packets_per_s"]
         if with_tshark:
             tshark = tshark_done.get(path)
             if tshark is None:
@@ -482,7 +533,14 @@ def memory_scaling(
         large["tracer_max_rss_kb"] <= small["tracer_max_rss_kb"] * MEMORY_FLAT_TOLERANCE
         and (large["tracer_anon_kb"] or 0) <= (small["tracer_anon_kb"] or 0) * MEMORY_FLAT_TOLERANCE
     )
-    return {"files": rows, "tracer_flat": flat}
+    out = {"files": rows, "tracer_flat": flat}
+    if with_flows:
+        out["flows_flat"] = (
+            large["flows_max_rss_kb"] <= small["flows_max_rss_kb"] * MEMORY_FLAT_TOLERANCE
+            and (large["flows_anon_kb"] or 0)
+            <= (small["flows_anon_kb"] or 0) * MEMORY_FLAT_TOLERANCE
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="tracer runs (best is kept)")
     parser.add_argument("--no-tshark", action="store_true")
+    parser.add_argument("--no-flows", action="store_true",
+                        help="skip the source+decode+flows runs")
     parser.add_argument(
         "--memory-scaling",
         action="store_true",
@@ -524,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
         print("tracer ...", file=sys.stderr, flush=True)
         tracer = run_tracer(path, args.repeat)
         packets = tracer["packets"]
+        tracer_flows = None
+        if not args.no_flows:
+            print("tracer + flows ...", file=sys.stderr, flush=True)
+            tracer_flows = run_tracer(path, args.repeat, flows=True)
         result: dict = {
             "benchmark": "decode",
             "started_utc": started.isoformat(timespec="seconds"),
@@ -535,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                 "page_cache": "warmed with cat FILE > /dev/null",
             },
             "tracer": tracer,
+            **({"tracer_flows": tracer_flows} if tracer_flows else {}),
             "tshark_setup": {
                 "fields": list(TSHARK_FIELDS),
                 "prefs": TSHARK_PREFS,
@@ -551,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
                 "wall": round(tracer["packets_per_s"] / tshark["packets_per_s"], 2),
                 "loop": round(tracer["loop_packets_per_s"] / tshark["packets_per_s"], 2),
             }
+            if tracer_flows:
+                result["ratios"]["flows_vs_tshark"] = {
+                    "wall": round(tracer_flows["packets_per_s"] / tshark["packets_per_s"], 2),
+                    "loop": round(tracer_flows["loop_packets_per_s"] / tshark["packets_per_s"], 2),
+                }
         if args.pyshark_slice:
             n = min(args.pyshark_slice, packets)
             sliced = capture_slice(path, n)
@@ -565,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.memory_scaling:
             tshark_done = {path: result["tshark"]} if "tshark" in result else {}
             result["memory_scaling"] = memory_scaling(
-                args.seed, args.flows, config_dir, not args.no_tshark, tshark_done
+                args.seed, args.flows, config_dir, not args.no_tshark, tshark_done,
+                with_flows=not args.no_flows,
             )
     result["targets"] = targets(result)
     result["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
