@@ -73,6 +73,7 @@ CLOSE_AFTER_QUIET_NS = 50_000_000  # HAProxy's close follows the packet that end
 TIMEOUT_TOLERANCE = 0.05  # |quiet - timeout| within 5% of the timeout ...
 TIMEOUT_TOLERANCE_MIN_NS = 50_000_000  # ... or 50 ms (HAProxy's timer granularity and scheduling)
 CLUSTER_TOLERANCE = 0.05
+BURST_MIN = 3  # fault RSTs on one server's connections within one second
 TOO_FAST_MIN_RTT_NS = 200_000  # below this, timing noise exceeds the RTT: no "too fast" evidence
 
 FE_TIMEOUTS = ("http-request", "http-keep-alive", "client", "client-fin", "tunnel")
@@ -297,15 +298,38 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
             fe_match_cli |= fe_quiet & _matches(quiet, np.where(fe_known, settings.fe_timeouts[name][fe_i], -1))
         for name in BE_TIMEOUTS:
             be_match |= be_quiet & _matches(quiet, np.where(sv_known, settings.srv_timeouts[name][sv_i], -1))
+    # `timeout http-request` runs from the accept, not from the last byte: a client trickling
+    # an incomplete request (slowloris) is cut at accept + timeout however often it sends. On
+    # the wire: HAProxy acts first (its 408 or FIN), no server connection was opened, at an
+    # age matching the timeout (or, without the config, shared by other such flows).
+    start_flow = np.where(flows["syn_ts"] >= 0, flows["syn_ts"], flows["first_ts"])
+    first_act = tl["first_close_ts"].copy()
+    resp = tl["first_data_ts"][:, 1]
+    first_act = np.where((resp >= 0) & (resp < first_act), resp, first_act)
+    age_act = first_act - start_flow
+    no_back_flow = (back_hi - back_lo) == 0
+    fe_age = (is_front_flow & (tl["first_close_ts"] >= 0) & (tl["first_close_dir"] == 1) & no_back_flow
+              & (age_act >= QUIET_MIN_NS) & (mode_http_flow != 0))
+    if settings.known:
+        t_req = np.where(fe_known, settings.fe_timeouts["http-request"][fe_i], -1)
+        fe_age_match = fe_age & _matches(age_act, t_req)
+        fe_age = fe_age_match
+    else:
+        fe_age_match = np.zeros(n_f, bool)
+        fe_age &= _clustered(age_act.astype(np.float64), fe_age)
+    fe_quiet &= ~fe_age
     fe_cluster = _clustered(quiet.astype(np.float64), fe_quiet)
     be_cluster = _clustered(quiet.astype(np.float64), be_quiet)
     fe_timeout_req = fe_match_req | (fe_quiet & ~fe_match_cli & ~client_sent & (mode_http_flow != 0)
                                      & ~(settings.known & fe_known))
     fe_timeout_conf = np.where(fe_match_req | fe_match_cli, 0.9, np.where(fe_cluster, 0.7, 0.55))
     be_timeout_conf = np.where(be_match, 0.9, np.where(be_cluster, 0.7, 0.55))
-    fe_timeout_reason = np.where(fe_timeout_req, R["haproxy_timeout_http_request"], R["haproxy_timeout_client"])
-    fe_ev_ts = np.where(fe_quiet, tl["quiet_end_ts"], -1)
-    fe_ev_frame = np.where(fe_quiet, tl["quiet_end_frame"], 0)
+    fe_timeout_reason = np.where(fe_timeout_req | fe_age, R["haproxy_timeout_http_request"],
+                                 R["haproxy_timeout_client"])
+    fe_timeout_conf = np.where(fe_age, np.where(fe_age_match, 0.9, 0.7), fe_timeout_conf)
+    fe_ev_ts = np.where(fe_quiet, tl["quiet_end_ts"], np.where(fe_age, first_act, -1))
+    fe_ev_frame = np.where(fe_quiet, tl["quiet_end_frame"], np.where(fe_age, tl["first_close_frame"], 0))
+    fe_timeout = fe_quiet | fe_age
     be_ev_ts = np.where(be_quiet, tl["quiet_end_ts"], -1)
     be_ev_frame = np.where(be_quiet, tl["quiet_end_frame"], 0)
 
@@ -415,9 +439,11 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     tag("config_rule", m & cfg_reject)
 
     # 6. client-side timeout on the frontend
-    m = assign(haproxy_fe & fe_quiet[row], C["client"], fe_timeout_reason[row], fe_timeout_conf[row])
+    m = assign(haproxy_fe & fe_timeout[row], C["client"], fe_timeout_reason[row], fe_timeout_conf[row])
     tag("quiet_matches_timeout", m & (fe_match_req | fe_match_cli)[row], quiet[row])
-    tag("quiet_cluster", m & ~(fe_match_req | fe_match_cli)[row] & fe_cluster[row], quiet[row])
+    tag("quiet_cluster", m & fe_quiet[row] & ~(fe_match_req | fe_match_cli)[row] & fe_cluster[row], quiet[row])
+    tag("age_matches_timeout", m & fe_age_match[row], age_act[row])
+    tag("age_cluster", m & fe_age[row] & ~fe_age_match[row], age_act[row])
 
     # 7a. HAProxy's RST to the client after a server-side fault on the joined backend
     sf_ts = srv_fault_ts[row]
@@ -500,6 +526,16 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     sender[follow] = sender[src]
     tag("same_flow_followup", follow, rsts["frame"][head])
 
+    # RST bursts per server per second (faults only): a server falling over resets many
+    # connections at once, a lone abort does not
+    burst = np.zeros(n_r, np.int64)
+    on_server = be_leg & (r_sv >= 0) & ~routine
+    if on_server.any():
+        key = r_sv[on_server].astype(np.int64) * (1 << 40) + ts[on_server] // 1_000_000_000
+        uniq, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+        burst[on_server] = counts[inv.ravel()]
+    tag("server_rst_burst", burst >= BURST_MIN, burst)
+
     out["sender"] = sender
     out["cause"] = cause
     out["reason"] = reason
@@ -551,7 +587,7 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
         for i in np.flatnonzero(mask).tolist():
             if values is None:
                 evidence[i].append(name)
-            elif name in ("quiet_matches_timeout", "quiet_cluster"):
+            elif name in ("quiet_matches_timeout", "quiet_cluster", "age_matches_timeout", "age_cluster"):
                 evidence[i].append(f"{name}:{values[i] / 1e9:.3f}s")
             elif name == "faster_than_rtt":
                 evidence[i].append(f"{name}:{values[i] / 1e6:.3f}ms")

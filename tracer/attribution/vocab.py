@@ -102,6 +102,8 @@ EVIDENCE: dict[str, str] = {
     "config_rule": "the HAProxy configuration has a matching rule",
     "quiet_matches_timeout": "the quiet time before HAProxy's close matches a configured timeout",
     "quiet_cluster": "the quiet time before HAProxy's close matches other closes (a timeout peak)",
+    "age_matches_timeout": "HAProxy acted first at an age matching `timeout http-request` (it runs from the accept)",
+    "age_cluster": "HAProxy acted first at the same age as in other flows (a timeout peak)",
     "peer_leg_event": "the other leg had an event first (its frame and the delay are given)",
     "exchange_complete": "the response was complete and acknowledged when HAProxy reset",
     "client_closed_first": "the client had sent its FIN before HAProxy's RST",
@@ -110,5 +112,5 @@ EVIDENCE: dict[str, str] = {
     "not_joined": "no flow on the other leg could be joined",
     "unjoined_backend": "a server connection no client stream explains (health check)",
     "same_flow_followup": "a further RST in a flow already reset: same attribution as the first",
-    "log_state": "HAProxy's log line for this stream",
+    "server_rst_burst": "fault RSTs on this server's connections in the same second (>= 3)",
 }
