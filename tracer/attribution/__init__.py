@@ -80,14 +80,46 @@ def settings_for(topo: Topology, config: Config | None) -> Settings:
             s.srv_timeouts[name][i] = p.timeouts_ns.get(name, -1)
         s.srv_nolinger[i] = "nolinger" in p.options
         s.srv_check[i] = 1 if any(x.name == srv.name and x.check for x in p.servers) else 0
-    route = np.zeros((max(len(fronts), 1), max(len(backs), 1)), bool)
+    # Routing per (frontend, server entry): one address:port can serve several backends (the
+    # same server listed in two backends), so an entry is reachable from a frontend when any
+    # backend the frontend routes to lists the same address and port.
+    endpoint = [(srv.address, srv.port) for srv in topo.servers]
+    route = np.zeros((max(len(fronts), 1), max(len(topo.servers), 1)), bool)
     for i, p in enumerate(fronts):
-        for b in config.routes(p):
-            route[i, back_index[b.name]] = True
-        if not config.routes(p):
+        reachable = {b.name for b in config.routes(p)}
+        if not reachable:
             route[i, :] = True  # no routing lines understood: do not restrict
+            continue
+        ends = {endpoint[k] for k, srv in enumerate(topo.servers) if srv.backend in reachable}
+        for k in range(len(topo.servers)):
+            route[i, k] = endpoint[k] in ends
     s.route_ok = route
     return s
+
+
+def _routed_server(topo: Topology, settings: Settings, roles: FlowRoles, join: Join) -> None:
+    """A backend flow matched the first server entry with its address and port; once joined,
+    prefer the entry of a backend its frontend actually routes to (the by-server summary and
+    the per-server settings then name the right backend)."""
+    if settings.route_ok is None:
+        return
+    backs = np.flatnonzero((join.front_of >= 0) & (roles.server >= 0))
+    if backs.size == 0:
+        return
+    fe = roles.frontend[join.front_of[backs]]
+    ok = fe >= 0
+    backs, fe = backs[ok], fe[ok]
+    current = roles.server[backs]
+    owned = {}
+    for k, srv in enumerate(topo.servers):
+        owned.setdefault((srv.address, srv.port), []).append(k)
+    for entries in owned.values():
+        if len(entries) < 2:
+            continue
+        for e in entries:
+            mine = np.isin(current, entries) & settings.route_ok[fe, e] & ~settings.route_ok[fe, current]
+            roles.server[backs[mine]] = e
+            current = roles.server[backs]
 
 
 def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: Timeline, *,
@@ -106,16 +138,16 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
         topo = infer(flows, first_client_data)
     roles = assign_roles(flows, topo)
     settings = settings_for(topo, config)
-    server_backend = np.where(roles.server >= 0, settings.srv_backend[np.maximum(roles.server, 0)], -1)
     # health checks to a `check port` serve no client: kept out of the join
     join_leg = np.where(roles.check, av.LEG_UNKNOWN, roles.leg)
     join = join_legs(flows, join_leg, first_client_data, route_ok=settings.route_ok,
-                     frontend_index=roles.frontend, server_backend=server_backend)
+                     frontend_index=roles.frontend, server_index=roles.server)
     log_report = None
     if log_entries is not None:
         from tracer.attribution.logs import apply_log_join
 
         log_report = apply_log_join(log_entries, flows, roles, join, topo)
+    _routed_server(topo, settings, roles, join)
     result = attribute_rsts(rsts, flows, tl, roles.leg, roles.frontend, roles.server, join, settings,
                             timeline.ttl_baseline(), host_min_rtt(rtts, flows), check=roles.check)
     attribution = Attribution(topology=topo, flows=flows, roles=roles, join=join, rsts=rsts,

@@ -4,7 +4,7 @@ Rules: HAProxy opens a server connection for a stream it accepted earlier and th
 open: in tcp mode right after the accept, in http mode right after the request (or, with
 keep-alive, after a later request). So a backend flow's candidates are the frontend flows
 open at its SYN (started before, not finished), allowed by the routing when the config is
-known (the frontend's `use_backend`/`default_backend` reach the server's backend); among them
+known (the frontend's `use_backend`/`default_backend` reach a backend listing the server); among them
 the one whose *trigger* (its client's first payload if it came before the SYN, else its
 accept) is closest before the SYN wins. Several backend flows may join one frontend flow
 (retries, redispatch); a frontend flow HAProxy answered itself or rejected joins none; a
@@ -45,10 +45,10 @@ def flow_start(flows: np.ndarray) -> np.ndarray:
 
 def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarray,
               route_ok: np.ndarray | None = None, frontend_index: np.ndarray | None = None,
-              server_backend: np.ndarray | None = None) -> Join:
+              server_index: np.ndarray | None = None) -> Join:
     """`first_client_data_ts`: per flow, the initiator's first payload time (-1: none).
-    `route_ok[frontend, backend]`: the config's routing (None: any); `frontend_index` per flow
-    and `server_backend` per flow (backend index of the flow's server, -1 unknown)."""
+    `route_ok[frontend, server]`: the config's routing (None: any); `frontend_index` and
+    `server_index` per flow (-1 unknown)."""
     n = flows.shape[0]
     front_of = np.full(n, NONE, np.int64)
     candidates = np.zeros(n, np.int32)
@@ -68,9 +68,9 @@ def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarr
         valid = pos >= 0
         pos = np.maximum(pos, 0)
         alive = valid & (f_last[pos] >= b_start[:, None])
-        if route_ok is not None and frontend_index is not None and server_backend is not None:
+        if route_ok is not None and frontend_index is not None and server_index is not None:
             fe = frontend_index[f_order][pos]
-            be = server_backend[backs][:, None]
+            be = server_index[backs][:, None]
             known = (fe >= 0) & (be >= 0)
             routed = route_ok[np.maximum(fe, 0), np.maximum(be, 0)]
             alive &= ~known | routed

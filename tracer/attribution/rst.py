@@ -96,7 +96,7 @@ class Settings:
     srv_nolinger: np.ndarray
     srv_check: np.ndarray  # int8: 1 check, 0 no check, -1 unknown
     srv_backend: np.ndarray  # backend index per server (-1 unknown)
-    route_ok: np.ndarray | None  # [frontend, backend] routing allowed
+    route_ok: np.ndarray | None  # [frontend, server entry] routing allowed
     known: bool  # a config was given
 
     @staticmethod
