@@ -68,6 +68,7 @@ def settings_for(topo: Topology, config: Config | None) -> Settings:
         s.fe_reject[i] = bool(rejects)
         s.fe_content_reject[i] = bool(rejects) and all(r.stage == "content" for r in rejects)
         s.fe_silent_drop[i] = p.has_action("silent-drop")
+        s.fe_deny[i] = any(r.keyword == "http-request" and r.action in ("deny", "reject") for r in p.rules)
     back_index = {p.name: j for j, p in enumerate(backs)}
     for i, srv in enumerate(topo.servers):
         j = back_index.get(srv.backend, -1)

@@ -91,6 +91,7 @@ class Settings:
     fe_reject: np.ndarray  # a tcp-request connection/content reject rule
     fe_content_reject: np.ndarray  # ... only content-stage (logged, PR)
     fe_silent_drop: np.ndarray
+    fe_deny: np.ndarray  # http-request deny / reject rules
     srv_http: np.ndarray
     srv_timeouts: dict[str, np.ndarray]
     srv_nolinger: np.ndarray
@@ -107,6 +108,7 @@ class Settings:
             fe_timeouts={k: np.full(nf, -1, np.int64) for k in FE_TIMEOUTS},
             fe_nolinger=np.zeros(nf, bool), fe_reject=np.zeros(nf, bool),
             fe_content_reject=np.zeros(nf, bool), fe_silent_drop=np.zeros(nf, bool),
+            fe_deny=np.zeros(nf, bool),
             srv_http=np.full(ns, -1, np.int8),
             srv_timeouts={k: np.full(ns, -1, np.int64) for k in BE_TIMEOUTS},
             srv_nolinger=np.zeros(ns, bool), srv_check=np.full(ns, -1, np.int8),
@@ -445,6 +447,26 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     tag("age_matches_timeout", m & fe_age_match[row], age_act[row])
     tag("age_cluster", m & fe_age[row] & ~fe_age_match[row], age_act[row])
 
+    # 6a. HAProxy answered the request itself (deny, request too large) and closed first, no
+    # server connection: the RST is its kernel resetting what the client still sent
+    haproxy_closed_first_fe = (tl["first_close_dir"][row] == 1) & (tl["first_close_ts"][row] <= ts)
+    cfg_deny = r_fe_known & settings.fe_deny[r_fe_i]
+    m = assign(haproxy_fe & no_back & haproxy_closed_first_fe & ~fe_timeout[row] & ~network,
+               C["haproxy"], R["haproxy_deny"], np.where(cfg_deny, 0.85, 0.65))
+    tag("config_rule", m & cfg_deny)
+
+    # 6b. HAProxy's RST on a flow a middlebox already reset in the peer's name: the endpoint
+    # behind the forged RST still talks, and HAProxy's kernel, whose socket is gone, answers
+    # it with RSTs. The chain started in the network.
+    net_in_flow = np.full(n_f, -1, np.int64)
+    net_frame = np.zeros(n_f, np.int64)
+    nr = np.flatnonzero(network)
+    net_in_flow[:], net_frame[:] = _first_event(row[nr], ts[nr], rsts["frame"][nr], n_f)
+    after_net = (haproxy_fe | haproxy_be) & (net_in_flow[row] >= 0) & (net_in_flow[row] <= ts)
+    m = assign(after_net, C["network"], R["middlebox_injected"], 0.8, propagated=True,
+               by=net_frame[row], by_ts=net_in_flow[row])
+    tag("peer_leg_event", m)
+
     # 7a. HAProxy's RST to the client after a server-side fault on the joined backend
     sf_ts = srv_fault_ts[row]
     sf_kind = srv_fault_kind[row]
@@ -566,8 +588,14 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     srv_payload_before = (tl["first_data_ts"][row, 1] >= 0) & (tl["first_data_ts"][row, 1] < ts)
     termination: list[str] = []
     names = av.REASON_NAMES
+    # a forged RST is logged by HAProxy as an abort of the side whose address it carries
+    index_of_frame = {int(f): i for i, f in enumerate(rsts["frame"].tolist())}
+    forged_side = np.where(fe_leg & from_init, 1, np.where(be_leg & ~from_init, 2, 0))
     for i in range(n_r):
         name = names[reason[i]]
+        if name == "middlebox_injected":
+            root = index_of_frame.get(int(caused_by[i]), i) if origin[i] else i
+            name = {1: "client_abort", 2: "server_abort"}.get(int(forged_side[root]), name)
         state = av.REASON_TERMINATION.get(name, "")
         if name == "client_abort":
             state = "CR" if (http_or_unknown[i] and not back_started[i] and origin[i] == 0) else "CD"

@@ -49,6 +49,9 @@ REASONS: tuple[tuple[str, str], ...] = (
     ("server_close", "the server reset a connection on which nothing was outstanding"),
     ("haproxy_reject", "`tcp-request connection|content reject`: HAProxy resets the accepted "
                        "connection at once, before any data; never logged at connection level"),
+    ("haproxy_deny", "HAProxy refused the request itself (`http-request deny|reject`, a request "
+                     "too large for its buffers: 403/413/400) and closed while the client was "
+                     "still sending: its kernel resets the unread data"),
     ("haproxy_silent_drop", "`silent-drop`: HAProxy could not drop the connection silently "
                             "(no CAP_NET_ADMIN) and sent an RST with IP TTL 1 instead"),
     ("haproxy_refused", "the frontend port answered the client's SYN with RST (not listening)"),
@@ -79,6 +82,7 @@ REASON_TERMINATION = {
     "server_abort": "SD",  # SH when no response header came (HTTP)
     "server_refused": "SC",
     "haproxy_reject": "",  # tcp-request connection reject: no log line at all
+    "haproxy_deny": "PR",
     "haproxy_silent_drop": "",  # no log line
     "haproxy_timeout_client": "cD",
     "haproxy_timeout_http_request": "cR",
