@@ -105,7 +105,7 @@ TCPLOG = ("10.1.2.4:40001 [22/Nov/2026:02:05:15.000] fe_tcp be_tcp/s2 1/0/251 0 
 
 def test_log_lines_default_formats_syslog_wrapped():
     entries = parse_log("\n".join([HTTPLOG, TCPLOG, "garbage line"]))
-    assert entries.lines == 3 and entries.unparsed == 1
+    assert entries.lines == 3 and entries.other == 1 and entries.unparsed == 0
     assert entries.termination == ["--", "CD"]
     assert entries.server == ["s1", "s2"]
     r = entries.rows

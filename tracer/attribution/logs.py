@@ -54,6 +54,7 @@ _VARS = {
     "CC": r"\S+", "CS": r"\S+",
 }
 _TOKEN = re.compile(r"%(\{[^}]*\})?(\[[^\]]*\]|[A-Za-z]+)")
+_STREAM_LIKE = re.compile(r"[0-9A-Fa-f:.\]]+:\d+ \[\d{2}/[A-Za-z]{3}/\d{4}")
 _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
 
 
@@ -115,7 +116,9 @@ class LogEntries:
     backend: list[str]
     server: list[str]
     lines: int = 0
-    unparsed: int = 0
+    unparsed: int = 0  # looked like a stream's line (client ip:port [date]) but did not parse
+    other: int = 0  # not a stream's line (server UP/DOWN, warnings, notices)
+    first_line: str = ""
     unparsed_examples: list[str] = field(default_factory=list)
 
 
@@ -142,6 +145,8 @@ def parse_log(text: str, path: str = "haproxy.log", config: Config | None = None
         if not line.strip():
             continue
         entries.lines += 1
+        if entries.lines == 1:
+            entries.first_line = line[:200]
         match = None
         for rx in formats:
             match = rx.search(line)
@@ -149,6 +154,9 @@ def parse_log(text: str, path: str = "haproxy.log", config: Config | None = None
                 break
             match = None
         if match is None:
+            if not _STREAM_LIKE.search(line):
+                entries.other += 1  # server state changes, warnings, startup notices
+                continue
             entries.unparsed += 1
             if len(entries.unparsed_examples) < 3:
                 entries.unparsed_examples.append(line[:200])
@@ -192,7 +200,7 @@ def load_log(path: str, config: Config | None = None) -> LogEntries:
     if entries.lines and not entries.rows.shape[0]:
         raise LogError(f"{path}: no line matches HAProxy's httplog/tcplog format"
                        + (" or the config's log-format" if config else "")
-                       + f" (first line: {entries.unparsed_examples[0][:100]!r})")
+                       + f" (first line: {entries.first_line[:100]!r})")
     return entries
 
 
@@ -279,6 +287,7 @@ def apply_log_join(entries: LogEntries, flows: np.ndarray, roles, join, topo) ->
         "lines": entries.lines,
         "parsed": int(rows.shape[0]),
         "unparsed": entries.unparsed,
+        "other_lines": entries.other,
         "joined_to_frontend_flows": int((entries_flow >= 0).sum()),
         "local_time_offset_s": offset / 1e9,
         "exact_backend_joins": exact,

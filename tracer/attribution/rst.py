@@ -607,6 +607,8 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
             state = "--"
         elif name == "haproxy_reject" and r_fe_known[i] and settings.fe_content_reject[r_fe_i[i]]:
             state = "PR"
+        if is_check[i]:
+            state = ""  # health checks are not streams: HAProxy logs state changes, not them
         termination.append(state)
 
     # -- evidence lists --------------------------------------------------------------------------

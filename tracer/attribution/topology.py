@@ -71,6 +71,10 @@ class Topology:
     servers: list[ServerSpec] = field(default_factory=list)
     backend_addresses: set[tuple[int, int]] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    # Without a config: the (address hi, lo, port) destinations whose connections nest in
+    # client connections. HAProxy's other connections (health checks to a check port) are
+    # not serving clients and are kept out of the join. None: not known (config).
+    serving: set[tuple[int, int, int]] | None = None
 
     def describe(self) -> dict:
         return {
@@ -201,11 +205,27 @@ def assign_roles(flows: np.ndarray, topo: Topology) -> FlowRoles:
         _learn_servers(flows, from_back, topo)
         server, check = _match_server(flows, topo)
     backend = ((server >= 0) | from_back) & ~is_front
+    if topo.serving is not None and backend.any():
+        dest = np.stack([flows["responder_hi"], flows["responder_lo"],
+                         flows["responder_port"].astype(np.uint64)], axis=1)
+        serving = np.array(sorted(topo.serving), np.uint64).reshape(-1, 3)
+        known = _rows_in(dest, serving)
+        check |= backend & ~known
     leg = np.full(flows.shape[0], av.LEG_UNKNOWN, np.uint8)
     leg[is_front] = av.LEG_FRONTEND
     leg[backend] = av.LEG_BACKEND
     return FlowRoles(leg=leg, frontend=frontend, server=np.where(backend, server, -1).astype(np.int32),
                      check=check & backend)
+
+
+def _rows_in(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Which rows (n x 3 uint64) appear in table (m x 3 uint64)."""
+    if table.shape[0] == 0:
+        return np.zeros(rows.shape[0], bool)
+    dt = np.dtype([("a", np.uint64), ("b", np.uint64), ("c", np.uint64)])
+    r = np.ascontiguousarray(rows).view(dt).ravel()
+    t = np.ascontiguousarray(table).view(dt).ravel()
+    return np.isin(r, t)
 
 
 def _addresses(hi: np.ndarray, lo: np.ndarray) -> set[tuple[int, int]]:
@@ -243,6 +263,30 @@ def _nesting(inner_start: np.ndarray, outer_start: np.ndarray, outer_last: np.nd
     return (idx >= 0) & (reach[np.maximum(idx, 0)] >= inner_start)
 
 
+def _nested_by_destination(flows: np.ndarray, mine: np.ndarray, start: np.ndarray,
+                           outer_start: np.ndarray, outer_last: np.ndarray,
+                           share_min: float) -> tuple[np.ndarray, np.ndarray]:
+    """B's flows (mask `mine`) grouped by destination endpoint: the flows going to endpoints
+    whose connections nest in A's at `share_min` or more (a proxy's server traffic), and the
+    nesting of each. Health checks and other traffic of the same host go to endpoints that do
+    not nest, and do not count against it."""
+    idx = np.flatnonzero(mine)
+    nested = _nesting(start[idx], outer_start, outer_last)
+    dest = (flows["responder_lo"][idx].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            ^ flows["responder_hi"][idx].astype(np.uint64)
+            ^ flows["responder_port"][idx].astype(np.uint64))
+    _, inv = np.unique(dest, return_inverse=True)
+    inv = inv.ravel()
+    share = np.bincount(inv, weights=nested) / np.bincount(inv)
+    keep = share[inv] >= share_min
+    return idx[keep], nested[keep]
+
+
+def _destinations(flows: np.ndarray, rows: np.ndarray) -> set[tuple[int, int, int]]:
+    return set(zip(flows["responder_hi"][rows].tolist(), flows["responder_lo"][rows].tolist(),
+                   flows["responder_port"][rows].tolist(), strict=True))
+
+
 def _start(flows: np.ndarray) -> np.ndarray:
     return np.where(flows["syn_ts"] >= 0, flows["syn_ts"], flows["first_ts"])
 
@@ -261,13 +305,14 @@ def _infer_backend_side(flows: np.ndarray, frontend: np.ndarray, topo: Topology,
         if (hi, lo) in clients and (hi, lo) not in front_hosts:
             continue
         mine = outside & (flows["initiator_hi"] == hi) & (flows["initiator_lo"] == lo)
-        nested = _nesting(start[mine], start[is_front], last[is_front])
-        share = nested.mean() if nested.size else 0.0
-        if share >= nest_min and nested.sum() >= min(MIN_NESTED_FLOWS, nested.size):
+        served, nested = _nested_by_destination(flows, mine, start, start[is_front], last[is_front],
+                                                nest_min)
+        if served.size and nested.sum() >= min(MIN_NESTED_FLOWS, served.size):
             topo.backend_addresses.add((hi, lo))
+            topo.serving = (topo.serving or set()) | _destinations(flows, served)
             topo.notes.append(f"{format_address(hi, lo)} is HAProxy's backend side: "
-                              f"{nested.sum()}/{nested.size} of its connections open while a "
-                              "frontend connection is open")
+                              f"{int(nested.sum())}/{served.size} of its connections to the "
+                              "servers open while a frontend connection is open")
 
 
 def _prompt(b_start: np.ndarray, a_start: np.ndarray, a_data: np.ndarray) -> tuple[bool, float, float]:
@@ -302,6 +347,7 @@ def infer(flows: np.ndarray, first_client_data: np.ndarray | None = None) -> Top
     b_top = np.argsort(-b_counts, kind="stable")[:64]
     chosen: list[tuple[tuple[int, int], tuple[int, int], float, int, int]] = []
     rejected: list[str] = []
+    serving: set[tuple[int, int, int]] = set()
     for ai in a_top:
         a = (int(a_keys[ai][0]), int(a_keys[ai][1]))
         to_a = (flows["responder_hi"] == a[0]) & (flows["responder_lo"] == a[1])
@@ -314,16 +360,17 @@ def infer(flows: np.ndarray, first_client_data: np.ndarray | None = None) -> Top
             if not mine.any():
                 continue
             outer = to_a & accepted & ~mine
-            nested = _nesting(start[mine], start[outer], last[outer])
+            served, nested = _nested_by_destination(flows, mine, start, start[outer], last[outer], NEST_MIN)
             enough = nested.sum() >= max(MIN_NESTED_FLOWS, MIN_BACKEND_SHARE * outer.sum())
-            if enough and nested.mean() >= NEST_MIN:
-                prompt, lag, spacing = _prompt(start[mine], start[outer], first_client_data[outer])
+            if enough and served.size:
+                prompt, lag, spacing = _prompt(start[served], start[outer], first_client_data[outer])
                 if not prompt:
                     rejected.append(f"{format_address(*a)} accepts and {format_address(*b)} opens "
                                     f"nested connections, but {lag / 1e6:.1f} ms after the trigger "
                                     f"(accepts {spacing / 1e6:.1f} ms apart): not a proxy")
                     continue
-                chosen.append((a, b, float(nested.mean()), int(nested.sum()), int(nested.size)))
+                chosen.append((a, b, float(nested.mean()), int(nested.sum()), int(mine.sum())))
+                serving |= _destinations(flows, served)
     # an endpoint cannot be both a frontend and a server: drop pairs whose B connects to a
     # chosen frontend address
     fronts_chosen = {a for a, *_ in chosen}
@@ -333,6 +380,7 @@ def infer(flows: np.ndarray, first_client_data: np.ndarray | None = None) -> Top
         topo.notes.append("no host both accepts connections and promptly opens nested ones: "
                           "no proxy found (give --proxy ADDR[:PORT] or --haproxy-config)")
         return topo
+    topo.serving = serving
     fronts: dict[tuple[int, int], list] = {}
     for a, b, share, k, n in chosen:
         fronts.setdefault(a, []).append(b)
