@@ -1,8 +1,9 @@
 """The HAProxy lab's captures against their ground truth, with tshark as the oracle.
 
-Rules: the committed captures in captures/lab/out/ are checked on every run (fast); one live
-test regenerates a short client-abort scenario with a real HAProxy in namespaces (root only,
-bounded well under a minute) and checks the same properties, plus that nothing is left behind.
+Rules: every committed capture in captures/lab/out/ (and the demo, captures/demo-haproxy.pcapng,
+whose truth and log are out/mixed.*) is checked on every run (fast); live tests regenerate
+short scenarios with a real HAProxy in namespaces (root only, each well under a minute) and
+check the same properties, plus that nothing is left behind.
 
 Theory: a truth CSV has one row per RST packet. Its frames must be exactly the frames tshark
 shows for `tcp.flags.reset==1 && !icmp`, with the same addresses and ports, so the rows can be
@@ -24,10 +25,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LAB_DIR = ROOT / "captures" / "lab"
 OUT = LAB_DIR / "out"
+DEMO = {"mixed": ROOT / "captures" / "demo-haproxy.pcapng"}
 RST_FILTER = "tcp.flags.reset==1 && !icmp"
-SCENARIOS = ["client-abort", "server-reset", "server-refused", "timeout-server", "tcp-reject",
-             "timeout-client", "nolinger", "http-deny", "timeout-connect", "silent-drop"]
+SCENARIOS = sorted(path.name.removesuffix(".truth.csv") for path in OUT.glob("*.truth.csv"))
 ROLES = {"client", "haproxy", "server", "network"}
+ROUTED = {"loss", "middlebox", "mixed"}  # clients and servers one router hop from HAProxy
+
+
+def _capture(scenario: str) -> Path:
+    return DEMO.get(scenario, OUT / f"{scenario}.pcapng")
+
+
+def _rows(scenario: str) -> list[dict]:
+    with open(OUT / f"{scenario}.truth.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def _load_lab():
@@ -41,13 +52,13 @@ def _load_lab():
 def _tshark_rsts(capture: Path) -> dict[int, tuple[str, str, str, str]]:
     out = subprocess.run(
         ["tshark", "-n", "-r", str(capture), "-Y", RST_FILTER, "-T", "fields",
-         "-e", "frame.number", "-e", "ip.src", "-e", "tcp.srcport", "-e", "ip.dst",
-         "-e", "tcp.dstport"],
+         "-e", "frame.number", "-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport",
+         "-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport"],
         capture_output=True, text=True, timeout=120, check=True).stdout
     rsts = {}
     for line in out.splitlines():
-        number, *tuple4 = line.split("\t")
-        rsts[int(number)] = tuple(tuple4)
+        number, src4, src6, sport, dst4, dst6, dport = line.split("\t")
+        rsts[int(number)] = (src4 or src6, sport, dst4 or dst6, dport)
     return rsts
 
 
@@ -66,42 +77,100 @@ def _check_truth(capture: Path, truth: Path, nolinger: bool = False) -> list[dic
         assert row["routine"] in ("true", "false")
         if row["routine"] == "true":  # by design: HAProxy closing a server connection,
             assert row["sender_role"] == row["root_cause"] == "haproxy"  # or any, if nolinger
-            assert row["leg"] == "backend" or nolinger
+            assert row["leg"] == "backend" or nolinger or row["intent"].endswith("-nl")
     assert len({row["frame"] for row in rows}) == len(rows)
     return rows
 
 
+def test_every_scenario_is_committed() -> None:
+    lab = _load_lab()
+    assert sorted(lab.SCENARIOS) == SCENARIOS
+    for scenario in SCENARIOS:
+        assert (LAB_DIR / f"haproxy-{scenario}.cfg").exists()
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_committed_truth_matches_tshark(scenario: str) -> None:
-    capture = OUT / f"{scenario}.pcapng"
+    capture = _capture(scenario)
     truth = OUT / f"{scenario}.truth.csv"
     assert capture.exists() and truth.exists(), f"run: python captures/lab/lab.py {scenario}"
-    assert capture.stat().st_size < 1_000_000
+    assert capture.stat().st_size < (4_000_000 if scenario in DEMO else 1_000_000)
     rows = _check_truth(capture, truth, nolinger=scenario == "nolinger")
     assert rows, f"{scenario}: no RSTs at all"
     log = (OUT / f"{scenario}.haproxy.log").read_text()
     for row in rows:  # a logged stream's line is kept verbatim in the log file
         if row["termination_state"] != "not-logged":
             assert row["haproxy_log"] in log
+        if scenario in ROUTED and row["sender_role"] != "haproxy":
+            # forged by the router (TTL 64) or from a host behind it (TTL 63)
+            assert row["ip_ttl"] == ("64" if row["sender_role"] == "network" else "63"), row
+
+
+def _kinds(scenario: str, intent: str | None = None) -> set[tuple[str, str, str]]:
+    return {(row["leg"], row["sender_role"], row["root_cause"]) for row in _rows(scenario)
+            if row["routine"] == "false" and intent in (None, row["intent"])}
 
 
 def test_committed_scenarios_show_their_cause() -> None:
-    causes = {}
-    for scenario in SCENARIOS:
-        with open(OUT / f"{scenario}.truth.csv", newline="") as handle:
-            causes[scenario] = {(row["leg"], row["sender_role"], row["root_cause"])
-                                for row in csv.DictReader(handle) if row["routine"] == "false"}
-    assert ("frontend", "client", "client") in causes["client-abort"]
-    assert ("backend", "haproxy", "client") in causes["client-abort"]
-    assert ("backend", "server", "server") in causes["server-reset"]
-    assert ("backend", "server", "server") in causes["server-refused"]
-    assert ("backend", "haproxy", "server") in causes["timeout-server"]
-    assert causes["tcp-reject"] == {("frontend", "haproxy", "haproxy")}
-    assert causes["timeout-client"] == set()  # idle clients: HAProxy closes with FINs
-    assert ("frontend", "haproxy", "client") in causes["nolinger"]  # the same, nolinger: RSTs
-    assert causes["http-deny"] == set()  # deny: 403 + FIN; reject (HTTP/1.1): a bare FIN
-    assert causes["timeout-connect"] == set()  # unanswered SYNs are abandoned without an RST
-    assert causes["silent-drop"] == {("frontend", "haproxy", "haproxy")}
+    assert ("frontend", "client", "client") in _kinds("client-abort")
+    assert ("backend", "haproxy", "client") in _kinds("client-abort")
+    assert ("backend", "server", "server") in _kinds("server-reset")
+    assert ("backend", "server", "server") in _kinds("server-refused")
+    assert ("backend", "haproxy", "server") in _kinds("timeout-server")
+    assert _kinds("tcp-reject") == {("frontend", "haproxy", "haproxy")}
+    assert _kinds("timeout-client") == set()  # idle clients: HAProxy closes with FINs
+    assert ("frontend", "haproxy", "client") in _kinds("nolinger")  # the same, nolinger: RSTs
+    assert _kinds("http-deny") == set()  # deny: 403 + FIN; reject (HTTP/1.1): a bare FIN
+    assert _kinds("timeout-connect") == set()  # unanswered SYNs are abandoned without an RST
+    assert _kinds("silent-drop") == {("frontend", "haproxy", "haproxy")}
+    # timeout http-request: a partial head gets 408 + FIN, under nolinger an RST as well;
+    # a trickling client's next line after the 408 meets HAProxy's closed socket: RST.
+    assert _kinds("timeout-http-request", "partial-request") == set()
+    assert _kinds("timeout-http-request", "partial-request-nl") == {
+        ("frontend", "haproxy", "client")}
+    assert _kinds("timeout-http-request", "slowloris") == {("frontend", "haproxy", "client")}
+    # overload: a queue timeout is a 503 + FIN; an abort while queued is passed on later
+    assert _kinds("overload", "queue-timeout") == set()
+    assert ("backend", "haproxy", "client") in _kinds("overload", "queued-client-abort")
+    # health checks: HAProxy ends every check with an RST (routine); a closed check port
+    # answers with RST/ACKs (the server's)
+    checks = [row for row in _rows("health-check") if row["intent"] == "health-check"]
+    assert len(checks) > 50 and {row["routine"] for row in checks} == {"true"}
+    assert _kinds("health-check", "health-check-down") == {("backend", "server", "server")}
+    # keep-alive to servers: still routine RSTs only, in both modes
+    assert _kinds("keepalive") == set()
+    assert {row["intent"] for row in _rows("keepalive")} >= {"ka-ok", "ka-close-ok"}
+    # over the limit: a head over tune.bufsize and a denied body: HAProxy resets (it closes
+    # with request bytes unread); `tcp-request content reject` had read them all: a FIN
+    assert _kinds("halfclose-limits") == {("frontend", "haproxy", "haproxy")}
+    assert _kinds("halfclose-limits", "tcp-too-long") == set()
+    assert _kinds("halfclose-limits", "http-halfclose") == set()
+    # the middlebox's forged RSTs on both legs and HAProxy's follow-ups
+    assert _kinds("middlebox", "mbox-back") == {("backend", "network", "network"),
+                                                ("backend", "haproxy", "network")}
+    assert ("frontend", "network", "network") in _kinds("middlebox", "mbox-front")
+    assert ("backend", "haproxy", "network") in _kinds("middlebox", "mbox-front")
+    # the same causes on loopback, over IPv6, and all of them in the demo
+    for scenario in ("loopback", "ipv6"):
+        assert {("frontend", "client", "client"), ("backend", "server", "server"),
+                ("frontend", "haproxy", "haproxy")} <= _kinds(scenario)
+    assert {("frontend", "client", "client"), ("frontend", "haproxy", "haproxy"),
+            ("frontend", "network", "network"), ("frontend", "haproxy", "client"),
+            ("frontend", "haproxy", "network"), ("backend", "server", "server"),
+            ("backend", "network", "network"), ("backend", "haproxy", "client"),
+            ("backend", "haproxy", "server"), ("backend", "haproxy", "network")} <= _kinds("mixed")
+
+
+def test_addresses_of_the_loopback_and_ipv6_runs() -> None:
+    assert {row["src"].split(".")[0] for row in _rows("loopback")} == {"127"}
+    assert all(row["src"].startswith("fd00:232:") for row in _rows("ipv6"))
+
+
+def test_loss_shows_as_retransmissions() -> None:
+    out = subprocess.run(["tshark", "-n", "-r", str(_capture("loss")), "-Y",
+                          "tcp.analysis.retransmission", "-T", "fields", "-e", "frame.number"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert len(out.split()) >= 5
 
 
 def test_silent_drop_rsts_carry_ttl_1() -> None:
@@ -157,3 +226,21 @@ def test_live_second_scenario_server_resets(tmp_path: Path) -> None:
     assert len(rows) == summary["rsts"]
     kinds = {(row["leg"], row["sender_role"], row["root_cause"]) for row in rows}
     assert ("backend", "server", "server") in kinds
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs as root)")
+def test_live_middlebox(tmp_path: Path) -> None:
+    """The routed topology live: a router namespace forging RSTs on both legs (nftables
+    `reject with tcp reset`); the truth's network rows must equal the router's own count."""
+    lab = _load_lab()
+    before = set(lab.our_namespaces())
+    counts = lab.SHORT_SCENARIO["middlebox"]
+    summary = lab.run_scenario("middlebox", tmp_path, counts=counts)
+    assert set(lab.our_namespaces()) == before, "the lab left namespaces behind"
+    rows = _check_truth(tmp_path / "middlebox.pcapng", tmp_path / "middlebox.truth.csv")
+    network = [row for row in rows if row["sender_role"] == "network"]
+    assert len(network) == summary["nft_counters"]["forge"] > 0
+    assert {row["leg"] for row in network} == {"frontend", "backend"}
+    assert all(row["ip_ttl"] == "64" for row in network)

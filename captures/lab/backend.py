@@ -3,19 +3,28 @@
 Rules:
 - Listens only on the addresses it is given (inside a lab namespace); stops by itself after
   `--duration` seconds; every read and wait is bounded in bytes and time.
-- One JSON line per connection on stdout (id, behaviour, peer address, what it did), so the
-  lab can tie HAProxy's backend-side source port to a connection id.
+- One JSON line per request as soon as it is read (`"req": true`: id, behaviour, peer address,
+  time) and one per connection when it ends (what it did), so the lab can tie HAProxy's
+  backend-side source port to the connection ids it carried (several, with keep-alive).
+- Optional health-check listeners (`--check HOST:PORT`): accept, answer an HTTP request with
+  200 (a bare connect gets nothing), wait for the peer's close; `--check-down-at T
+  --check-down-for D` closes them at T seconds after READY and reopens them D seconds later
+  (a server whose check port is down), printing `{"check": "down"|"up", "t0": ..., "t": ...}`
+  (the time before and after the change: a SYN between the two may find either).
 
 Theory of operation: an HTTP request's path is `/<route>/<id>/<behaviour>`, a tcp-mode
 connection's first line is `<id> <behaviour>`. The behaviour is what the server does next:
   ok          answer at once (HTTP: Content-Length body, then wait for the next request)
   slow        answer after 0.3 s
+  hold        answer after 2.0 s (holds a `maxconn 1` server's only slot)
+  bulk        answer 100 kB at once (a complete download, for loss on the path)
   wait        answer after 1.5 s (the client is meant to abort first)
   big         answer 400 kB in 8 kB pieces, 20 ms apart (the client is meant to abort midway)
   rst-before  close with SO_LINGER 0 before answering: an RST instead of a response
   rst-mid     send the headers and 12 kB of a 60 kB body, then close with SO_LINGER 0
   stall       never answer; wait for the peer to close (HAProxy's `timeout server`)
 An RST is made the way an application makes one: SO_LINGER {on, 0} and close().
+A request body (Content-Length, at most 1 MB) is read before answering.
 """
 
 from __future__ import annotations
@@ -23,13 +32,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import socket
 import struct
 import sys
 import time
 
-MAX_HEAD = 8192
-IDLE_S = 5.0
+MAX_HEAD = 65536
+MAX_BODY = 1_000_000
+IDLE_S = 5.0  # --idle: how long a connection may wait for its (next) request
 STALL_S = 10.0
 BODY_OK = 2000
 
@@ -46,7 +57,11 @@ def _report(record: dict) -> None:
 async def _read_head(reader: asyncio.StreamReader, http: bool) -> bytes | None:
     try:
         if http:
-            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_S)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_S)
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if length and 0 < int(length.group(1)) <= MAX_BODY:
+                await asyncio.wait_for(reader.readexactly(int(length.group(1))), IDLE_S)
+            return head
         return await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_S)
     except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
         return None
@@ -73,6 +88,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, htt
             else:
                 conn_id, behaviour = (words + ["?", "ok"])[:2]
             record.update(id=conn_id, behaviour=behaviour)
+            _report({"req": True, "peer": record["peer"], "id": conn_id,
+                     "behaviour": behaviour, "n": request_no, "t": time.time()})
             done = await _behave(reader, writer, http, conn_id, behaviour)
             record["did"] = done
             if done != "answered" or not http:
@@ -90,8 +107,10 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, htt
 async def _behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, http: bool,
                   conn_id: str, behaviour: str) -> str:
     body = (f"lab {conn_id} ".encode() * (BODY_OK // 8 + 1))[:BODY_OK]
-    if behaviour in ("slow", "wait"):
-        await asyncio.sleep(0.3 if behaviour == "slow" else 1.5)
+    if behaviour in ("slow", "wait", "hold"):
+        await asyncio.sleep({"slow": 0.3, "wait": 1.5, "hold": 2.0}[behaviour])
+    if behaviour == "bulk":
+        body = b"b" * 100_000
     if behaviour == "rst-before":
         _linger_zero(writer)
         writer.transport.abort()
@@ -133,15 +152,56 @@ async def _behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ht
     return "answered"
 
 
+async def _check(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A health-check port: 200 to an HTTP request, nothing to a bare connect; then wait for
+    the checker to close (HAProxy closes its checks itself)."""
+    try:
+        try:
+            data = await asyncio.wait_for(reader.read(1024), 1.0)
+        except TimeoutError:
+            data = b""
+        if data[:4] in (b"GET ", b"HEAD", b"OPTI"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        await asyncio.wait_for(reader.read(1024), 2.0)
+    except (TimeoutError, ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+def _split(spec: str) -> tuple[str, int]:
+    host, port = spec.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+async def _check_listeners(specs: list[str]) -> list[asyncio.Server]:
+    return [await asyncio.start_server(_check, *_split(spec), reuse_address=True)
+            for spec in specs]
+
+
 async def _main(args: argparse.Namespace) -> None:
+    global IDLE_S
+    IDLE_S = args.idle
     servers = []
     for spec, http in [(s, True) for s in args.http] + [(s, False) for s in args.tcp]:
-        host, port = spec.rsplit(":", 1)
         servers.append(await asyncio.start_server(
-            lambda r, w, h=http: _serve(r, w, h), host, int(port), limit=MAX_HEAD))
+            lambda r, w, h=http: _serve(r, w, h), *_split(spec), limit=MAX_HEAD))
+    checks = await _check_listeners(args.check)
     print("READY", flush=True)
-    await asyncio.sleep(args.duration)
-    for server in servers:
+    started = time.monotonic()
+    if checks and args.check_down_at is not None:
+        await asyncio.sleep(args.check_down_at)
+        before = time.time()
+        for server in checks:
+            server.close()  # the port is closed now: a SYN gets an RST/ACK
+        _report({"check": "down", "t0": before, "t": time.time()})
+        await asyncio.sleep(args.check_down_for)
+        before = time.time()
+        checks = await _check_listeners(args.check)
+        _report({"check": "up", "t0": before, "t": time.time()})
+    await asyncio.sleep(max(args.duration - (time.monotonic() - started), 0))
+    for server in servers + checks:
         server.close()
 
 
@@ -149,6 +209,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--http", action="append", default=[], help="HOST:PORT for HTTP")
     parser.add_argument("--tcp", action="append", default=[], help="HOST:PORT for line mode")
+    parser.add_argument("--check", action="append", default=[], help="HOST:PORT health checks")
+    parser.add_argument("--check-down-at", type=float, help="close the check ports at T s")
+    parser.add_argument("--check-down-for", type=float, default=0.0, help="for D s")
+    parser.add_argument("--idle", type=float, default=IDLE_S, help="wait for a request, s")
     parser.add_argument("--duration", type=float, default=120.0)
     try:
         asyncio.run(_main(parser.parse_args()))
