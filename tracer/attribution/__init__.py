@@ -98,6 +98,20 @@ def settings_for(topo: Topology, config: Config | None) -> Settings:
     return s
 
 
+def _queue_grace(config: Config | None) -> int:
+    """The longest a stream can wait for a server: `timeout queue` (HAProxy falls back to
+    `timeout connect` without it), plus the connect retries; 10 s without a config."""
+    from tracer.attribution.join import QUEUE_GRACE_NS
+
+    if config is None:
+        return QUEUE_GRACE_NS
+    longest = 0
+    for p in config.proxies:
+        t = p.timeouts_ns
+        longest = max(longest, t.get("queue", t.get("connect", 0)) + t.get("connect", 0) * (1 + (p.retries or 0)))
+    return longest or QUEUE_GRACE_NS
+
+
 def _routed_server(topo: Topology, settings: Settings, roles: FlowRoles, join: Join) -> None:
     """A backend flow matched the first server entry with its address and port; once joined,
     prefer the entry of a backend its frontend actually routes to (the by-server summary and
@@ -141,8 +155,10 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
     settings = settings_for(topo, config)
     # health checks to a `check port` serve no client: kept out of the join
     join_leg = np.where(roles.check, av.LEG_UNKNOWN, roles.leg)
+    client_left = np.where(tl["first_close_dir"] == 0, tl["first_close_ts"], -1)
     join = join_legs(flows, join_leg, first_client_data, route_ok=settings.route_ok,
-                     frontend_index=roles.frontend, server_index=roles.server)
+                     frontend_index=roles.frontend, server_index=roles.server,
+                     client_left_ts=client_left, queue_grace_ns=_queue_grace(config))
     log_report = None
     if log_entries is not None:
         from tracer.attribution.logs import apply_log_join

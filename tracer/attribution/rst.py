@@ -320,6 +320,10 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
         fe_age_match = np.zeros(n_f, bool)
         fe_age &= _clustered(age_act.astype(np.float64), fe_age)
     fe_quiet &= ~fe_age
+    if settings.known:
+        # with the config, a silence is a timeout only if it matches one
+        fe_quiet &= ~fe_known | fe_match_req | fe_match_cli
+        be_quiet &= ~sv_known | be_match
     fe_cluster = _clustered(quiet.astype(np.float64), fe_quiet)
     be_cluster = _clustered(quiet.astype(np.float64), be_quiet)
     fe_timeout_req = fe_match_req | (fe_quiet & ~fe_match_cli & ~client_sent & (mode_http_flow != 0)
@@ -577,7 +581,9 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
         first_b = np.ones(o.size, bool)
         first_b[1:] = fr_rows[1:] != fr_rows[:-1]
         b_first_start[fr_rows[first_b]] = starts[o][first_b]
-    back_started = (fr >= 0) & (b_first_start[np.maximum(fr, 0)] >= 0) & (b_first_start[np.maximum(fr, 0)] <= ts)
+    # a server connection for the stream, even one opened after the client left (a queued
+    # stream is served later): the request was complete, so HAProxy logs CD, not CR
+    back_any = (fr >= 0) & (b_first_start[np.maximum(fr, 0)] >= 0)
     # any backend of the stream that got a response (a retry or redispatch succeeded)
     answered = np.zeros(n_f, bool)
     if back_order.size:
@@ -598,7 +604,7 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
             name = {1: "client_abort", 2: "server_abort"}.get(int(forged_side[root]), name)
         state = av.REASON_TERMINATION.get(name, "")
         if name == "client_abort":
-            state = "CR" if (http_or_unknown[i] and not back_started[i] and origin[i] == 0) else "CD"
+            state = "CR" if (http_or_unknown[i] and not back_any[i] and origin[i] == 0) else "CD"
         elif name == "server_abort":
             state = "SH" if (http_or_unknown[i] and not srv_payload_before[i]) else "SD"
         elif name == "haproxy_timeout_server":
