@@ -286,6 +286,17 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
         near = (((server_act >= qe - FORWARD_WINDOW_NS) & (server_act <= qe + PROPAGATION_SLACK_NS))
                 | ((srv_first_act >= qe - FORWARD_WINDOW_NS) & (srv_first_act <= qe + PROPAGATION_SLACK_NS)))
         np.maximum.at(srv_last, fe_rows[near], 1)
+    # a server connection joined with doubt (several streams were possible) may belong to any
+    # of them: its server activity explains a nearby HAProxy packet on any frontend flow
+    amb = np.flatnonzero((leg == av.LEG_BACKEND) & (join.candidates > 1))
+    if amb.size:
+        acts = np.sort(np.concatenate((tl["last_data_ts"][amb, 1], tl["first_data_ts"][amb, 1],
+                                       flows["fin_ts"][amb, 1])))
+        acts = acts[acts >= 0]
+        qe_all = tl["quiet_end_ts"]
+        lo = np.searchsorted(acts, qe_all - FORWARD_WINDOW_NS, side="left")
+        hi = np.searchsorted(acts, qe_all + PROPAGATION_SLACK_NS, side="right")
+        srv_last = np.where(fe_quiet & (hi > lo), 1, srv_last)
     fe_quiet &= srv_last < 0
     # which timeout
     client_sent = (tl["first_data_ts"][:, 0] >= 0) & (tl["first_data_ts"][:, 0] < tl["quiet_end_ts"])

@@ -371,10 +371,25 @@ def infer(flows: np.ndarray, first_client_data: np.ndarray | None = None) -> Top
                     continue
                 chosen.append((a, b, float(nested.mean()), int(nested.sum()), int(mine.sum())))
                 serving |= _destinations(flows, served)
-    # an endpoint cannot be both a frontend and a server: drop pairs whose B connects to a
-    # chosen frontend address
-    fronts_chosen = {a for a, *_ in chosen}
-    chosen = [c for c in chosen if c[1] not in fronts_chosen or c[1] == c[0]]
+    # One host cannot be a proxy's server and another proxy pair's frontend, nor its client:
+    # take pairs strongest first (most nested connections) and drop a pair whose frontend is
+    # a server of a pair already taken, or whose backend side is a client of one.
+    chosen.sort(key=lambda c: -c[3])
+    kept: list = []
+    servers_taken: set[tuple[int, int]] = set()
+    clients_taken: set[tuple[int, int]] = set()
+    for c in chosen:
+        a, b = c[0], c[1]
+        if a in servers_taken or b in clients_taken:
+            rejected.append(f"{format_address(*a)} / {format_address(*b)}: a server or client of "
+                            "a stronger proxy pair, not a proxy")
+            continue
+        kept.append(c)
+        from_b = (flows["initiator_hi"] == b[0]) & (flows["initiator_lo"] == b[1])
+        to_a = (flows["responder_hi"] == a[0]) & (flows["responder_lo"] == a[1])
+        servers_taken |= _addresses(flows["responder_hi"][from_b & ~to_a], flows["responder_lo"][from_b & ~to_a])
+        clients_taken |= _addresses(flows["initiator_hi"][to_a], flows["initiator_lo"][to_a])
+    chosen = kept
     if not chosen:
         topo.notes.extend(rejected[:4])
         topo.notes.append("no host both accepts connections and promptly opens nested ones: "
