@@ -116,6 +116,7 @@ def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarr
 
 
 RELEASE_WINDOW_NS = 50_000_000
+PROMPT_NS = 50_000_000  # HAProxy connects within this of a request it is not holding back
 
 
 def _opens_on_release(flows: np.ndarray, backs: np.ndarray, b_start: np.ndarray) -> np.ndarray:
@@ -142,7 +143,8 @@ def _opens_on_release(flows: np.ndarray, backs: np.ndarray, b_start: np.ndarray)
 def _first_come_first_served(flows, backs, b_start, f_order, pos, alive, trigger, delay, ambiguous,
                              front_of, grace_ns, dequeued) -> None:
     """Several client streams were waiting when a server connection opened. A connection that
-    opens as another one to the same server closes is HAProxy dequeuing: queues are served
+    opens as another one to the same server closes, or long after any request, is HAProxy
+    dequeuing (a server or frontend slot freed): queues are served
     first come, first served, and each request gets one server exchange, so it goes to the
     stream that asked first among those not yet served (a stream whose client left while
     queued still counts: without `option abortonclose` HAProxy serves it). Any other
@@ -161,7 +163,10 @@ def _first_come_first_served(flows, backs, b_start, f_order, pos, alive, trigger
         rows = f_order[pos[i, cand]]
         t = trigger[i, cand]
         waiting = ((served_at[rows] < 0) | (served_at[rows] >= b_start[i])) & (t >= b_start[i] - grace_ns)
-        if waiting.any() and dequeued[i]:
+        # a connection right after a request is that request's; one that follows no fresh
+        # request (a slot freed: server maxconn, frontend maxconn) serves the longest waiting
+        prompt = delay[i, cand].min() <= PROMPT_NS
+        if waiting.any() and (dequeued[i] or not prompt):
             k = cand[waiting][np.argmin(t[waiting])]
         else:
             k = cand[np.argmin(delay[i, cand])]

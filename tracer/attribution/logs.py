@@ -269,13 +269,21 @@ def apply_log_join(entries: LogEntries, flows: np.ndarray, roles, join, topo) ->
         hit = bpos >= 0
         b_sel = b_rows[bpos[hit]]
         f_sel = flow_row[q[hit]]
-        changed = join.front_of[b_sel] != f_sel
-        join.front_of[b_sel] = f_sel
-        join.method[b_sel] = 2
-        join.candidates[b_sel] = 1
-        exact = int(hit.sum())
+        # a server connection several log lines name was reused across streams (keep-alive,
+        # http-reuse): a one-to-one join cannot express it; it keeps its first stream
+        uniq, first_idx, counts = np.unique(b_sel, return_index=True, return_counts=True)
+        shared = counts > 1
+        b_one, f_one = b_sel[first_idx], f_sel[first_idx]
+        changed = (join.front_of[b_one] != f_one) & ~shared
+        join.front_of[b_one] = f_one
+        join.method[b_one] = 2
+        join.candidates[b_one] = 1
+        exact = int(uniq.size)
         join.stats["log_joined_backend_flows"] = exact
+        join.stats["log_shared_backend_flows"] = int(shared.sum())
         join.stats["log_changed_joins"] = int(changed.sum())
+        unshared = int((~shared).sum())
+        join.stats["join_accuracy_vs_log"] = (1 - int(changed.sum()) / unshared) if unshared else None
         backs_all = np.flatnonzero(roles.leg == av.LEG_BACKEND)
         joined = join.front_of[backs_all] >= 0
         join.stats["backend_flows_joined"] = int(joined.sum())
