@@ -30,8 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "captures" / "lab"
 OUT = LAB / "out"
 BAR = 0.99
+# the long mixed run is the README's demo capture; its truth and log live in out/ as mixed.*
+DEMO = {"mixed": ROOT / "captures" / "demo-haproxy.pcapng"}
+
+
+def _capture(scenario: str) -> Path:
+    return DEMO.get(scenario, OUT / f"{scenario}.pcapng")
+
+
 SCENARIOS = sorted(p.name[: -len(".truth.csv")] for p in OUT.glob("*.truth.csv")
-                   if (OUT / p.name.replace(".truth.csv", ".pcapng")).exists())
+                   if _capture(p.name[: -len(".truth.csv")]).exists())
 MODES = ("config", "config+log", "proxy", "inferred")
 
 
@@ -68,7 +76,7 @@ _CACHE: dict[tuple[str, str], dict] = {}
 def _attributed(scenario: str, mode: str) -> dict:
     key = (scenario, mode)
     if key not in _CACHE:
-        _, summary = run(analyze_native(str(OUT / f"{scenario}.pcapng"),
+        _, summary = run(analyze_native(str(_capture(scenario)),
                                         attribution=_options(scenario, mode)))
         _CACHE[key] = summary
     return _CACHE[key]
