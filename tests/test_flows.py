@@ -13,6 +13,7 @@ import pytest
 from conftest import CAPTURES, CORPUS
 from test_decode_oracle import decode_file
 
+from tracer.decode.vocab import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL
 from tracer.flows import FlowTracker
 from tracer.flows import vocab as v
 from tracer.flows.tables import RTT_KIND_DATA, RTT_KIND_HANDSHAKE_RESPONDER
@@ -195,6 +196,24 @@ def test_capture_duplicate_is_not_a_retransmission():
     t = track(f.packets())
     assert flags_of(t)[5] == ["duplicate"]
     assert t.flows["retransmissions"][0].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(("linktype", "ifaces", "counted"), [
+    (LINKTYPE_ETHERNET, (0, 0, 0), 3),  # a burst of identical RSTs: three real packets
+    (LINKTYPE_ETHERNET, (0, 1, 0), 1),  # one RST seen on two interfaces: copies
+    (LINKTYPE_LINUX_SLL, (0, 0, 0), 1),  # Linux "any": one RST per device it crossed
+])
+def test_identical_rsts_are_copies_only_across_interfaces(linktype, ifaces, counted):
+    f = handshake(Flow())
+    f.add(3, "s", 5001, 1001, TH_ACK, payload=100)
+    for k in range(3):
+        f.add(4 + k * 0.002, "c", 1001, 0, TH_RST)  # a middlebox answering each segment
+    packets = f.packets()
+    packets["linktype"] = linktype
+    packets["iface"][-3:] = ifaces
+    t = track(packets)
+    assert t.rsts.shape[0] == counted
+    assert t.counts.duplicates == 3 - counted
 
 
 def test_window_scaling_from_the_handshake():

@@ -61,6 +61,7 @@ STATE_DTYPE = np.dtype(
         ("min_seq", np.int64, (2,)),  # lowest sequence sent (for bytes implied by seq numbers)
         ("last_fp", np.uint64),  # fingerprint of the flow's last packet (capture duplicates)
         ("last_dir", np.int8),  # its direction (-1: none yet)
+        ("last_iface", np.int32),  # the capture interface it came from (-1: none yet)
     ]
 )
 
@@ -159,7 +160,8 @@ _STATE_FILL = {
                      "next_seq_ts", "last_data_ts", "dir_first_ts", "dir_last_ts", "fin_ts",
                      "first_rst_ts"), NO_TIME),
     "next_seq": NO_SEQ, "max_ack": NO_SEQ, "min_seq": 2**62,
-    **dict.fromkeys(("last_window", "wscale", "ttl_last", "ipid_last", "flow_id", "last_dir"), -1),
+    **dict.fromkeys(("last_window", "wscale", "ttl_last", "ipid_last", "flow_id", "last_dir",
+                     "last_iface"), -1),
 }
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tracer.decode.vocab import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2
 from tracer.flows import segments as sg
 from tracer.flows import vocab as v
 from tracer.flows.tables import (
@@ -68,6 +69,7 @@ DEFAULT_OOO_THRESHOLD_NS = 3_000_000  # Wireshark: 3 ms when no initial RTT is k
 # The same packet seen twice within this is a capture duplicate (two interfaces, `any`): copies
 # carry the same timestamp to the microsecond, while a real resend waits for a timer or ACKs.
 DUPLICATE_WINDOW_NS = 50_000
+_ANY_LINKTYPES = np.array([LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2])
 MAX_WSCALE = 14  # RFC 7323: larger shifts are treated as 14
 # A responder that sent data less than this before an RST was still answering; after a longer
 # quiet spell (keep-alive idle, application think time) the connection counts as idle.
@@ -485,6 +487,16 @@ class FlowTracker:
             prev_fp = np.where(first_f[near_rows], init["last_fp"][fseg[near_rows]],
                                fp_f[np.maximum(near_rows - 1, 0)])
             dup_f[near_rows] = prev_fp == fp_f[near_rows]
+            # Identical RSTs on one interface are real packets, not one packet seen twice: a
+            # middlebox or a kernel answers each segment of a burst with the same RST. Only a
+            # Linux "any" capture records a packet once per device it crosses on one interface.
+            rst_near = near_rows[dup_f[near_rows] & rst_s[at_o[near_rows]]]
+            if rst_near.size:
+                iface = p["iface"][fo[rst_near]].astype(np.int64)
+                prev_iface = np.where(first_f[rst_near], init["last_iface"][fseg[rst_near]],
+                                      p["iface"][fo[np.maximum(rst_near - 1, 0)]])
+                any_capture = np.isin(p["linktype"][fo[rst_near]], _ANY_LINKTYPES)
+                dup_f[rst_near[(iface == prev_iface) & ~any_capture]] = False
         dup = np.empty(n, bool)
         dup[at_o] = dup_f
         live = ~dup  # rows that count for sequence analysis
@@ -772,6 +784,7 @@ class FlowTracker:
         last_f[:-1] = fseg[1:] != fseg[:-1]
         fin_state["last_fp"][fseg[last_f]] = fp_f[last_f]
         fin_state["last_dir"][fseg[last_f]] = dir_fo[last_f]
+        fin_state["last_iface"][fseg[last_f]] = p["iface"][fo[last_f]]
         fft = sg.reduce_by(np.minimum, ts_fo, FS, nf, np.iinfo(np.int64).max)
         fin_state["first_ts"] = np.where(fin_state["first_ts"] >= 0, fin_state["first_ts"], fft)
         flt = sg.reduce_by(np.maximum, ts_fo, FS, nf, NO_TIME)
