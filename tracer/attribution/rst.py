@@ -514,6 +514,14 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     tag("quiet_matches_timeout", m & be_match[row], quiet[row])
     tag("quiet_cluster", m & ~be_match[row] & be_cluster[row], quiet[row])
 
+    # 8b. HAProxy opened a server connection and reset it without sending anything, and no
+    # client event explains it: a connect-only health check (`check` without httpchk). HAProxy
+    # opens server connections for client streams only to send them a request.
+    sent_nothing_be = flows["payload_bytes"][row, 0] == 0
+    m = assign(haproxy_be & sent_nothing_be & (np.where(r_sv_known, settings.srv_check[r_sv_i], -1) != 0),
+               C["haproxy"], R["haproxy_check"], 0.7, is_routine=True)
+    tag("no_data_before_rst", m)
+
     # 9. server RSTs
     haproxy_closed_first = (tl["first_close_dir"][row] == 0) & (tl["first_close_ts"][row] < ts)
     m = assign(server_be & haproxy_closed_first, C["server"], R["server_close"], 0.5)
