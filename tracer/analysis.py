@@ -39,14 +39,6 @@ class AttributionOptions:
     enabled: bool = True
 
 
-def take_segments(tracker: FlowTracker) -> np.ndarray:
-    """The segment rows the flow stage produced since the last call. The flow stage has no
-    public way to hand them over batch by batch yet, so this empties its list."""
-    rows = tracker.segments
-    tracker._segments.clear()
-    return rows
-
-
 @dataclass
 class CaptureAnalysis:
     path: str
@@ -74,7 +66,7 @@ class CaptureAnalysis:
             return
         self.flows.add(packets)
         if self.options.enabled:
-            self.timeline.add(packets, take_segments(self.flows))
+            self.timeline.add(packets, self.flows.take_segments())
         versions, n = np.unique(packets["ip_version"], return_counts=True)
         for version, count in zip(versions.tolist(), n.tolist(), strict=True):
             self.ip_versions[version] = self.ip_versions.get(version, 0) + count

@@ -106,13 +106,19 @@ async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = 
         with open_capture(one) as reader:
             reader.parser.frames_emitted = frames_before
 
-            def handle(frames, reader=reader) -> None:
-                packets, counts = decode_frames(frames)
+            def decoded(reader=reader) -> Iterator[tuple]:
+                # Decoding in the reader's thread overlaps it with the flow stage of the
+                # previous batch (numpy releases the GIL in both).
+                for frames in reader.batches():
+                    yield decode_frames(frames)
+
+            def handle(item, reader=reader) -> None:
+                packets, counts = item
                 _add(analysis, packets, counts, packet_filter)
                 if progress is not None:
                     progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
 
-            await _consume(reader.batches, handle)
+            await _consume(decoded, handle)
             frames_before = reader.parser.frames_emitted
             facts["format"].append(reader.format)
             facts["compressed"] |= reader.compressed

@@ -209,6 +209,13 @@ class FlowTracker:
     def segments(self) -> np.ndarray:
         return _concat(self._segments, SEGMENT_DTYPE)
 
+    def take_segments(self) -> np.ndarray:
+        """The segment rows (with `keep_segments`) produced since the last call, handed over
+        and forgotten, so a consumer can process them batch by batch in flat memory."""
+        rows = self.segments
+        self._segments.clear()
+        return rows
+
     # -- 1. identity -----------------------------------------------------------------------
 
     def _slots(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
