@@ -182,3 +182,16 @@ def test_join_reads_rotated_files_as_one_capture(tmp_path):
     # Without --join each part is its own capture: flows cut in two count twice.
     apart = analyze_json(str(first), str(second))["captures"]
     assert sum(c["flows"]["total"] for c in apart) > one["flows"]["total"]
+
+
+def test_readme_demo_command(tmp_path):
+    """README's first command: set-up (idempotent, nothing to do here) and the demo analysis of
+    both HAProxy legs with its config, every RST of the capture attributed."""
+    root = CAPTURES.parent
+    done = subprocess.run(["bash", str(root / "scripts" / "demo.sh")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rsts = tshark_count(root / "captures" / "demo-haproxy.pcapng", "tcp.flags.reset == 1 && !icmp")
+    assert f"RSTs                      {rsts:,}" in done.stdout
+    assert "topology                  config:" in done.stdout
+    assert "RST causes" in done.stdout
