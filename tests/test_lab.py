@@ -29,7 +29,7 @@ DEMO = {"mixed": ROOT / "captures" / "demo-haproxy.pcapng"}
 RST_FILTER = "tcp.flags.reset==1 && !icmp"
 SCENARIOS = sorted(path.name.removesuffix(".truth.csv") for path in OUT.glob("*.truth.csv"))
 ROLES = {"client", "haproxy", "server", "network"}
-ROUTED = {"loss", "middlebox", "mixed"}  # clients and servers one router hop from HAProxy
+ROUTED = {"loss", "loss-frontend", "middlebox", "mixed"}  # clients and servers one router hop from HAProxy
 
 
 def _capture(scenario: str) -> Path:
@@ -161,13 +161,80 @@ def test_committed_scenarios_show_their_cause() -> None:
             ("backend", "haproxy", "server"), ("backend", "haproxy", "network")} <= _kinds("mixed")
 
 
+def _by_intent(scenario: str) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for row in _rows(scenario):
+        rows.setdefault(row["intent"], []).append(row)
+    return rows
+
+
+def test_server_crash() -> None:
+    """s2's process SIGKILLed three times: its kernel resets the connections with unread
+    request bytes (the deaf port), closes the others with FINs (pooled, mid-response, read
+    and waiting, tcp mode: no RST at all), and refuses SYNs until the restart (RST/ACK, three
+    per request with `retries 2`). Every non-routine RST is the server's."""
+    assert _kinds("server-crash") == {("backend", "server", "server")}
+    rows = _by_intent("server-crash")
+    for intent in ("crash-pooled", "crash-midresponse", "crash-waiting", "tcp-crash"):
+        assert intent not in rows, rows.get(intent)
+    unread = rows["crash-unread"]
+    assert len(unread) == len({row["conn_id"] for row in unread}) == 6
+    assert {row["termination_state"] for row in unread} == {"SH"}
+    refused = rows["crash-refused"]
+    assert len(refused) == 3 * len({row["conn_id"] for row in refused}) == 18
+    assert {row["termination_state"] for row in refused} == {"SC"}
+    # the restarted server serves again: HAProxy's routine close after a 200
+    assert {row["routine"] for row in rows["crash-after-ok"]} == {"true"}
+    log = (OUT / "server-crash.haproxy.log").read_text()
+    assert log.count(" SD-- ") == 6  # the responses cut by the crash
+
+
+def test_abortonclose() -> None:
+    """`option abortonclose`: a queued client that gives up (RST or FIN) is dropped from the
+    queue (CQ, no server connection, no RST from HAProxy); one waiting for a slow server
+    makes HAProxy reset the server connection at once, whether it sent an RST (CD) or a FIN
+    (CH: HAProxy then answers 400, which the closed client socket resets); a client that only
+    half-closes is aborted the same way (HAProxy's doing: root cause haproxy)."""
+    rows = _by_intent("abortonclose")
+    for intent in ("aoc-rst-queued", "aoc-fin-queued"):
+        assert {row["termination_state"] for row in rows.get(intent, [])} <= {"CQ"}
+        assert all(row["leg"] == "frontend" and row["sender_role"] == "client"
+                   for row in rows.get(intent, []))
+    assert "aoc-fin-queued" not in rows and len(rows["aoc-rst-queued"]) == 6
+    assert _kinds("abortonclose", "aoc-rst-waiting") == {("frontend", "client", "client"),
+                                                          ("backend", "haproxy", "client")}
+    assert _kinds("abortonclose", "aoc-fin-waiting") == {("frontend", "client", "client"),
+                                                          ("backend", "haproxy", "client")}
+    assert _kinds("abortonclose", "aoc-halfclose") == {("backend", "haproxy", "haproxy")}
+    log = (OUT / "abortonclose.haproxy.log").read_text()
+    assert log.count(" CQ-- ") == 12
+
+
+def test_silent_drop_with_net_admin_sends_nothing() -> None:
+    """HAProxy with CAP_NET_ADMIN: silent-drop's TCP_REPAIR works, nothing leaves at the drop;
+    the only RSTs are HAProxy's kernel answering the client's next segment (its request, if it
+    came after the drop, or its FIN when it gives up) for a socket that no longer exists: bare
+    RSTs with TTL 64, never TTL 1."""
+    rows = [row for row in _rows("silent-drop-netadmin") if row["routine"] == "false"]
+    assert len(rows) == 14  # one per dropped connection (5 + 4 + 5)
+    assert {row["ip_ttl"] for row in _rows("silent-drop-netadmin")} == {"64"}
+    assert _kinds("silent-drop-netadmin") == {("frontend", "haproxy", "haproxy")}
+    out = subprocess.run(["tshark", "-n", "-r", str(OUT / "silent-drop-netadmin.pcapng"),
+                          "-Y", "ip.src==10.232.1.1 && tcp.flags.reset==1", "-T", "fields",
+                          "-e", "frame.number", "-e", "tcp.flags.ack"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    flags = dict(line.split("\t") for line in out.splitlines())
+    assert all(flags[row["frame"]] in ("0", "False") for row in rows)  # bare RSTs
+
+
 def test_addresses_of_the_loopback_and_ipv6_runs() -> None:
     assert {row["src"].split(".")[0] for row in _rows("loopback")} == {"127"}
     assert all(row["src"].startswith("fd00:232:") for row in _rows("ipv6"))
 
 
-def test_loss_shows_as_retransmissions() -> None:
-    out = subprocess.run(["tshark", "-n", "-r", str(_capture("loss")), "-Y",
+@pytest.mark.parametrize("scenario", ["loss", "loss-frontend"])
+def test_loss_shows_as_retransmissions(scenario: str) -> None:
+    out = subprocess.run(["tshark", "-n", "-r", str(_capture(scenario)), "-Y",
                           "tcp.analysis.retransmission", "-T", "fields", "-e", "frame.number"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert len(out.split()) >= 5

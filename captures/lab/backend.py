@@ -11,6 +11,10 @@ Rules:
   --check-down-for D` closes them at T seconds after READY and reopens them D seconds later
   (a server whose check port is down), printing `{"check": "down"|"up", "t0": ..., "t": ...}`
   (the time before and after the change: a SYN between the two may find either).
+- Optional deaf listeners (`--deaf HOST:PORT`, one thread per connection, at most DEAF_MAX):
+  peek at the request head (MSG_PEEK: the bytes stay unread in the kernel), report it, then
+  hold the connection without reading for DEAF_HOLD_S. A process killed meanwhile leaves
+  unread bytes behind, so its kernel resets the connection instead of closing it with a FIN.
 
 Theory of operation: an HTTP request's path is `/<route>/<id>/<behaviour>`, a tcp-mode
 connection's first line is `<id> <behaviour>`. The behaviour is what the server does next:
@@ -23,6 +27,7 @@ connection's first line is `<id> <behaviour>`. The behaviour is what the server 
   rst-before  close with SO_LINGER 0 before answering: an RST instead of a response
   rst-mid     send the headers and 12 kB of a 60 kB body, then close with SO_LINGER 0
   stall       never answer; wait for the peer to close (HAProxy's `timeout server`)
+  long        answer 200 kB in 4 kB pieces, 100 ms apart (5 s: still sending when killed)
 An RST is made the way an application makes one: SO_LINGER {on, 0} and close().
 A request body (Content-Length, at most 1 MB) is read before answering.
 """
@@ -36,6 +41,7 @@ import re
 import socket
 import struct
 import sys
+import threading
 import time
 
 MAX_HEAD = 65536
@@ -43,6 +49,8 @@ MAX_BODY = 1_000_000
 IDLE_S = 5.0  # --idle: how long a connection may wait for its (next) request
 STALL_S = 10.0
 BODY_OK = 2000
+DEAF_HOLD_S = 20.0
+DEAF_MAX = 64
 
 
 def _linger_zero(writer: asyncio.StreamWriter) -> None:
@@ -51,7 +59,9 @@ def _linger_zero(writer: asyncio.StreamWriter) -> None:
 
 
 def _report(record: dict) -> None:
-    print(json.dumps(record), flush=True)
+    # One write per line: deaf listener threads report too.
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
 
 
 async def _read_head(reader: asyncio.StreamReader, http: bool) -> bytes | None:
@@ -121,11 +131,12 @@ async def _behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ht
         except (TimeoutError, ConnectionError):
             pass
         return "stalled"
-    if behaviour in ("big", "rst-mid"):
-        total = 400_000 if behaviour == "big" else 60_000
+    if behaviour in ("big", "rst-mid", "long"):
+        total = {"big": 400_000, "rst-mid": 60_000, "long": 200_000}[behaviour]
         if http:
             writer.write(_http_answer(conn_id, total))
-        chunk = b"x" * 8192
+        chunk = b"x" * (4096 if behaviour == "long" else 8192)
+        pause = 0.1 if behaviour == "long" else 0.02
         sent = 0
         for _ in range(total // len(chunk) + 1):
             if behaviour == "rst-mid" and sent >= 12_000:
@@ -140,7 +151,7 @@ async def _behave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ht
             writer.write(piece)
             sent += len(piece)
             await writer.drain()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(pause)
         return "answered"
     writer.write(_http_answer(conn_id, len(body)) + body if http else body)
     await writer.drain()
@@ -170,6 +181,53 @@ async def _check(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
+def _deaf_conn(conn: socket.socket, peer: str) -> None:
+    """Peek at the request head without consuming it, report it, hold the bytes unread."""
+    try:
+        conn.settimeout(2.0)
+        head = b""
+        for _ in range(50):
+            head = conn.recv(4096, socket.MSG_PEEK)
+            if not head or b"\r\n\r\n" in head:
+                break
+            time.sleep(0.02)
+        words = head.split(b"\r\n", 1)[0].decode(errors="replace").split()
+        parts = words[1].split("/") if len(words) > 1 else []
+        if len(parts) >= 4:
+            _report({"req": True, "peer": peer, "id": parts[2], "behaviour": parts[3], "n": 0,
+                     "t": time.time(), "deaf": True})
+        time.sleep(DEAF_HOLD_S)
+    except OSError:
+        pass
+    finally:
+        _report({"peer": peer, "deaf": True, "did": "held-unread", "end": time.time()})
+        conn.close()
+
+
+def _deaf_listener(spec: str) -> None:
+    host, port = _split(spec)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(16)
+    threads: list[threading.Thread] = []
+
+    def accept_loop() -> None:
+        while True:
+            conn, addr = listener.accept()
+            threads[:] = [thread for thread in threads if thread.is_alive()]
+            if len(threads) >= DEAF_MAX:
+                conn.close()
+                continue
+            thread = threading.Thread(target=_deaf_conn, args=(conn, f"{addr[0]}:{addr[1]}"),
+                                      daemon=True)
+            thread.start()
+            threads.append(thread)
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+
+
 def _split(spec: str) -> tuple[str, int]:
     host, port = spec.rsplit(":", 1)
     return host.strip("[]"), int(port)
@@ -188,6 +246,8 @@ async def _main(args: argparse.Namespace) -> None:
         servers.append(await asyncio.start_server(
             lambda r, w, h=http: _serve(r, w, h), *_split(spec), limit=MAX_HEAD))
     checks = await _check_listeners(args.check)
+    for spec in args.deaf:
+        _deaf_listener(spec)
     print("READY", flush=True)
     started = time.monotonic()
     if checks and args.check_down_at is not None:
@@ -210,6 +270,8 @@ def main() -> None:
     parser.add_argument("--http", action="append", default=[], help="HOST:PORT for HTTP")
     parser.add_argument("--tcp", action="append", default=[], help="HOST:PORT for line mode")
     parser.add_argument("--check", action="append", default=[], help="HOST:PORT health checks")
+    parser.add_argument("--deaf", action="append", default=[],
+                        help="HOST:PORT that peeks at requests and never reads them")
     parser.add_argument("--check-down-at", type=float, help="close the check ports at T s")
     parser.add_argument("--check-down-for", type=float, default=0.0, help="for D s")
     parser.add_argument("--idle", type=float, default=IDLE_S, help="wait for a request, s")

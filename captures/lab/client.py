@@ -21,6 +21,8 @@ part of the intent is its `action`:
                end of its own), close (FIN)
   rst-request  send half a request, wait 0.1 s, abort with an RST (SO_LINGER 0)
   rst-wait     send the whole request, wait 0.25 s for an answer that comes later, abort (RST)
+  fin-wait     send the whole request, wait 0.25 s, close() normally (FIN; an answer that
+               arrives later meets a closed socket)
   rst-mid      read 24 kB of a long answer, abort (RST) with the rest in flight
   rejected     connect and read: HAProxy is expected to reset at once
   idle         connect, send nothing, read until HAProxy gives up (`timeout http-request`)
@@ -177,6 +179,11 @@ def run_one(spec: dict, ports: PortBook) -> dict:
             time.sleep(0.25)
             _abort(sock)
             record["outcome"] = "aborted-waiting"
+        elif action == "fin-wait":
+            sock.sendall(request)
+            time.sleep(0.25)
+            sock.close()
+            record["outcome"] = "closed-waiting"
         elif action == "rst-mid":
             sock.sendall(request)
             got, how = _read_until(sock, 24_000)

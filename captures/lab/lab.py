@@ -71,6 +71,7 @@ HERE = Path(__file__).resolve().parent
 NS_PREFIX = "tracer-lab-"
 HTTP_PORT, TCP_PORT = 8000, 9000
 NOLINGER_PORT, SMALL_PORT, KEEPALIVE_PORT, TCP_LIMIT_PORT = 8001, 8002, 8003, 9001
+TCP_CRASH_PORT, DEAF_PORT = 9002, 8083  # server-crash: tcp mode to s2; s2's deaf listener
 SERVER_HTTP, SERVER_TCP = 8080, 9090
 CHECK_PORTS = (8070, 9070)  # the servers' health-check ports (httpchk, plain connect)
 MBOX_PORTS = (45000, 45999)  # client source ports the routed middlebox resets
@@ -150,6 +151,7 @@ INTENTS: dict[str, tuple[str, str, str, str]] = {
     "blackhole-only": ("http", "d", "ok", "complete"),
     "silent-dropped": ("http", "c", "ok", "rejected"),
     "tcp-silent-dropped": ("tcp", "", "ok", "rejected"),
+    "silent-dropped-send": ("http", "c", "ok", "complete"),  # sends its request at once
     # timeout http-request: a head without its end, or trickled; "-nl": the nolinger frontend
     "partial-request": ("http", "c", "ok", "partial"),
     "partial-request-nl": ("http", "c", "ok", "partial"),
@@ -179,6 +181,22 @@ INTENTS: dict[str, tuple[str, str, str, str]] = {
     "http-bulk": ("http", "c", "bulk", "complete"),
     "mbox-back": ("http", "m", "ok", "complete"),
     "mbox-front": ("http", "c", "big", "complete"),
+    # server-crash: s2's process is SIGKILLed while it holds these, then restarted. Routes:
+    # /k/ -> be_crash (s2 only), /u/ -> be_deaf (s2's deaf port: the request stays unread),
+    # 8003 -> be_pool (s2, connections kept idle in HAProxy's pool), 9002 -> s2 in tcp mode
+    "crash-pooled": ("http", "c", "ok", "keepalive"),
+    "crash-midresponse": ("http", "k", "long", "complete"),
+    "crash-unread": ("http", "u", "ok", "complete"),
+    "crash-waiting": ("http", "k", "stall", "complete"),
+    "tcp-crash": ("tcp", "", "stall", "complete"),
+    "crash-refused": ("http", "k", "ok", "complete"),
+    "crash-after-ok": ("http", "k", "ok", "complete"),
+    # abortonclose: the client gives up (RST or FIN) while queued or while the server is slow
+    "aoc-rst-queued": ("http", "q", "ok", "rst-wait"),
+    "aoc-fin-queued": ("http", "q", "ok", "fin-wait"),
+    "aoc-rst-waiting": ("http", "c", "wait", "rst-wait"),
+    "aoc-fin-waiting": ("http", "c", "wait", "fin-wait"),
+    "aoc-halfclose": ("http", "c", "wait", "halfclose"),
 }
 # Per-intent extras for the client spec (ports other than 8000/9000, sizes, timeouts).
 INTENT_EXTRA: dict[str, dict] = {
@@ -199,11 +217,15 @@ INTENT_EXTRA: dict[str, dict] = {
     "mbox-front": {"port_range": list(MBOX_PORTS), "read_timeout": 1.5},
     "silent-dropped": {"read_timeout": 3.0},
     "tcp-silent-dropped": {"read_timeout": 3.0},
+    "silent-dropped-send": {"read_timeout": 3.0},
+    "crash-pooled": {"port": KEEPALIVE_PORT, "requests": 2},
+    "tcp-crash": {"port": TCP_CRASH_PORT},
 }
 NOLINGER_INTENTS = {"partial-request-nl", "slowloris-nl", "http-ok-nl"}
 # Intents whose server-side flows the backend may never record (refused or dropped SYNs): in
 # a scheduled run, at most one of them is active at a time, so time ties their flows.
-EXCLUSIVE = {"refused-redispatch", "refused-only", "blackhole-redispatch", "blackhole-only"}
+EXCLUSIVE = {"refused-redispatch", "refused-only", "blackhole-redispatch", "blackhole-only",
+             "crash-refused"}
 
 # Whose behaviour an intent's non-routine RSTs come from. Complete exchanges have only
 # routine RSTs (plus the refusal itself in a redispatched request).
@@ -218,17 +240,27 @@ OWNER = {
     "http-denied": "haproxy", "http-rejected": "haproxy",
     "blackhole-redispatch": "haproxy", "blackhole-only": "haproxy",
     "silent-dropped": "haproxy", "tcp-silent-dropped": "haproxy",
+    "silent-dropped-send": "haproxy",
     "partial-request": "client", "partial-request-nl": "client", "slowloris": "client",
     "slowloris-nl": "client",
     "queue-timeout": "haproxy", "queued-client-abort": "client",
     "header-too-big": "haproxy", "body-too-big": "haproxy", "tcp-too-long": "haproxy",
     "mbox-back": "network", "mbox-front": "network",
     "health-check-down": "server",
+    # a crashed server: its kernel's FINs and RSTs, its refusals while down, and HAProxy's
+    # closes of the connections it left (pooled ones included: they ended with the crash)
+    "crash-pooled": "server", "crash-midresponse": "server", "crash-unread": "server",
+    "crash-waiting": "server", "tcp-crash": "server", "crash-refused": "server",
+    "aoc-rst-queued": "client", "aoc-fin-queued": "client", "aoc-rst-waiting": "client",
+    "aoc-fin-waiting": "client",
+    # a half-close is no abort: the client still reads (and gets HAProxy's 400); it is
+    # HAProxy's configured `abortonclose` that takes the FIN for one
+    "aoc-halfclose": "haproxy",
 }
 COMPLETE = {"http-ok", "http-slow", "tcp-ok", "refused-redispatch", "blackhole-redispatch",
             "http-ok-nl", "queue-holder", "queued-ok", "fe-burst", "ka-ok", "ka-leave",
             "ka-close-ok", "http-halfclose", "tcp-halfclose", "body-ok", "tcp-ok-limited",
-            "http-bulk", "health-check"}
+            "http-bulk", "health-check", "crash-after-ok"}
 for _intent in COMPLETE:
     OWNER.setdefault(_intent, "haproxy")
 
@@ -244,7 +276,7 @@ EXPECTED_STATE: dict[str, str | None] = {
     "client-idle-no-request": "cR", "tcp-client-idle": "cD",
     "http-denied": "PR", "http-rejected": "PR",
     "blackhole-redispatch": "--", "blackhole-only": "sC",
-    "silent-dropped": None, "tcp-silent-dropped": None,
+    "silent-dropped": None, "tcp-silent-dropped": None, "silent-dropped-send": None,
     "partial-request": "cR", "partial-request-nl": "cR", "slowloris": "cR",
     "slowloris-nl": "cR", "http-ok-nl": "--",
     "queue-holder": "--", "queue-timeout": "sQ", "queued-ok": "--",
@@ -254,6 +286,10 @@ EXPECTED_STATE: dict[str, str | None] = {
     "header-too-big": "PR", "body-too-big": "PR", "body-ok": "--",
     "tcp-too-long": "PR", "tcp-ok-limited": "--",
     "http-bulk": "--", "mbox-back": "SH", "mbox-front": "CD",
+    "crash-pooled": "--", "crash-midresponse": "SD", "crash-unread": "SH",
+    "crash-waiting": "SH", "tcp-crash": "--", "crash-refused": "SC", "crash-after-ok": "--",
+    "aoc-rst-queued": "CQ", "aoc-fin-queued": "CQ", "aoc-rst-waiting": "C[DH]",
+    "aoc-fin-waiting": "CH", "aoc-halfclose": "C[HC]",
 }
 
 # ------------------------------------------------------------------ scenarios
@@ -272,13 +308,13 @@ def _nft(chain: str, hook: str, rules: Sequence[str]) -> str:
 BLACKHOLE = ("s2", _nft("input", "input", ['tcp dport 8082 counter drop comment "blackhole"']))
 
 
-def _loss_rules(percent: int) -> list[str]:
-    """Random loss on the backend leg, both directions, in the router. SYN, FIN and RST are
-    spared: only data and ACKs are lost, so every connection still ends as its intent says
-    and the loss shows as retransmissions, not as different outcomes."""
+def _loss_rules(percent: int, iface: str = "rb0") -> list[str]:
+    """Random loss on one leg (the router's `rb0`: backend; `rf0`: frontend), both directions.
+    SYN, FIN and RST are spared: only data and ACKs are lost, so every connection still ends
+    as its intent says and the loss shows as retransmissions, not as different outcomes."""
     spare = "tcp flags & (syn | fin | rst) == 0"
-    return [f'{way} "rb0" {spare} numgen random mod 100 < {percent} counter drop comment "loss"'
-            for way in ("iifname", "oifname")]
+    return [f'{way} "{iface}" {spare} numgen random mod 100 < {percent} counter drop '
+            'comment "loss"' for way in ("iifname", "oifname")]
 
 
 # The middlebox (routed topology): `reject with tcp reset` drops the matched packet and sends
@@ -308,6 +344,9 @@ class Scenario:
     checks: bool = False  # servers listen on CHECK_PORTS (the config has `check`)
     ttl_column: bool = True  # the truth has the RSTs' `ip_ttl`
     settle_s: float = 2.0  # after the client: the last closes (and log lines) on either leg
+    # (server, at, down): SIGKILL that server's process `at` s after the client starts, start
+    # it again `down` s later
+    crashes: tuple[tuple[str, float, float], ...] = ()
 
 
 def _overload_waves(start: float) -> list[tuple[float, str]]:
@@ -328,6 +367,44 @@ def _overload_waves(start: float) -> list[tuple[float, str]]:
 
 def _overload_schedule(rng: random.Random) -> list[tuple[float, str]]:
     return [item for cycle in range(4) for item in _overload_waves(0.5 + 9.0 * cycle)]
+
+
+CRASH_CYCLE_S, CRASH_AT_S, CRASH_DOWN_S = 11.0, 3.0, 5.7
+
+
+def _crash_schedule(rng: random.Random) -> list[tuple[float, str]]:
+    """Three cycles of 11 s. In each, s2 holds (at CRASH_AT_S) two idle pooled connections,
+    two responses it is still sending, two requests it never read, one it read and sits on,
+    and a tcp-mode connection; after the kill, two requests find its ports closed (2.6 s
+    apart: their refused SYNs are tied by time); after its restart it serves again. s1
+    serves the normal traffic throughout."""
+    items = []
+    for cycle in range(3):
+        c = 0.5 + CRASH_CYCLE_S * cycle
+        items += [(c, "crash-pooled"), (c + 0.2, "crash-pooled"), (c + 0.5, "http-ok"),
+                  (c + 1.0, "crash-midresponse"), (c + 1.1, "crash-unread"),
+                  (c + 1.2, "crash-midresponse"), (c + 1.3, "crash-unread"),
+                  (c + 1.4, "crash-waiting"), (c + 1.6, "tcp-crash"), (c + 2.0, "http-ok"),
+                  (c + 2.2, "tcp-ok"),
+                  (c + CRASH_AT_S + 0.5, "crash-refused"), (c + 4.0, "http-ok"),
+                  (c + 4.5, "tcp-ok"), (c + CRASH_AT_S + 3.1, "crash-refused"),
+                  (c + 9.6, "crash-after-ok"), (c + 10.0, "http-ok")]
+    return items
+
+
+def _abortonclose_schedule(rng: random.Random) -> list[tuple[float, str]]:
+    """Six waves, 3 s apart: a request holds be_q's only slot (s1, `maxconn 1`) for 2 s;
+    behind it two requests queue and their clients give up (RST, FIN) after 0.25 s, a third
+    waits its turn; clients of a slow server (1.5 s) give up by RST, by FIN, or half-close;
+    normal traffic in between."""
+    items = []
+    for wave in range(6):
+        w = 0.5 + 3.0 * wave
+        items += [(w, "queue-holder"), (w + 0.3, "aoc-rst-queued"), (w + 0.4, "queued-ok"),
+                  (w + 0.5, "aoc-fin-queued"), (w + 0.7, "aoc-rst-waiting"),
+                  (w + 1.0, "aoc-fin-waiting"), (w + 1.3, "aoc-halfclose"),
+                  (w + 1.6, "http-ok"), (w + 2.0, "http-slow"), (w + 2.3, "tcp-ok")]
+    return items
 
 
 MIXED_COUNTS = {
@@ -424,6 +501,19 @@ SCENARIOS: dict[str, Scenario] = {
                       routes={"blackhole-redispatch": "h", "blackhole-only": "k"},
                       ports={"tcp-client-idle": 9003},
                       settle_s=3.0),
+    "server-crash": Scenario(schedule=_crash_schedule,
+                             crashes=tuple(("s2", 0.5 + CRASH_CYCLE_S * cycle + CRASH_AT_S,
+                                            CRASH_DOWN_S) for cycle in range(3)),
+                             backend_args={"s2": ["--idle", "30", "--deaf",
+                                                  f"10.232.2.12:{DEAF_PORT}"]}),
+    "abortonclose": Scenario(schedule=_abortonclose_schedule, routes={"queued-ok": "q"}),
+    "loss-frontend": Scenario({"http-ok": 10, "http-bulk": 12, "tcp-ok": 4,
+                               "client-rst-midresponse": 5, "server-rst-mid": 5,
+                               "client-rst-waiting": 4}, net="routed",
+                              firewall=(("rtr", _nft("forward", "forward",
+                                                     _loss_rules(3, "rf0"))),)),
+    "silent-drop-netadmin": Scenario({"http-ok": 8, "tcp-ok": 4, "silent-dropped": 5,
+                                      "tcp-silent-dropped": 4, "silent-dropped-send": 5}),
 }
 # `mixed` is the README's demo: its capture is also copied to captures/demo-haproxy.pcapng.
 DEMO = {"mixed": HERE.parent / "demo-haproxy.pcapng"}
@@ -440,7 +530,7 @@ def _spec(number: int, intent: str, net: Net, scenario: Scenario) -> dict:
     src = net.clients[0]
     if intent in ("rejected", "tcp-rejected"):
         src = net.clients[1]
-    elif intent in ("silent-dropped", "tcp-silent-dropped"):
+    elif intent in ("silent-dropped", "tcp-silent-dropped", "silent-dropped-send"):
         src = net.clients[2]
     spec = {"id": f"{number:03d}", "intent": intent, "mode": mode,
             "route": scenario.routes.get(intent, route), "behaviour": behaviour,
@@ -687,8 +777,10 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
             lab.firewall(role, ruleset)
         py = sys.executable
         backends = []
-        for server, addr in net.servers.items():
-            log = workdir / f"backend-{server}.log"
+
+        def start_backend(server: str, addr: str) -> subprocess.Popen:
+            # A restarted server (server-crash) logs into a file of its own.
+            log = workdir / f"backend-{server}-{len(backends)}.log"
             argv = [py, str(HERE / "backend.py"), "--http", f"{addr}:{SERVER_HTTP}",
                     "--tcp", f"{addr}:{SERVER_TCP}", "--duration", "300"]
             if scenario.checks:
@@ -696,6 +788,10 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
             proc = lab.spawn(server, argv + scenario.backend_args.get(server, []), log)
             lab.wait_for(proc, log, r"READY", f"backend {server}")
             backends.append((server, proc, log))
+            return proc
+
+        for server, addr in net.servers.items():
+            start_backend(server, addr)
         capture = workdir / "capture.pcapng"
         dumpcap_log = workdir / "dumpcap.log"
         ifaces = [arg for iface in net.capture for arg in ("-i", iface, "-f", "tcp")]
@@ -715,6 +811,7 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
         deadline = 200 if not scheduled else max(spec["at"] for spec in plan) + 40
         client = lab.spawn("cli", [py, str(HERE / "client.py"), str(plan_path),
                                    "--deadline", str(deadline)], client_log)
+        crashes = _crash_servers(lab, scenario, backends, start_backend, time.monotonic())
         try:
             client.wait(timeout=deadline + 30)
         except subprocess.TimeoutExpired as exc:
@@ -739,6 +836,8 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
             raise LabError(f"lab bug: {forged} RSTs with role network, the middlebox forged "
                            f"{counters.get('forge', 0)}")
         summary["nft_counters"] = counters
+        if crashes:
+            summary["crashes"] = crashes
         out_dir.mkdir(parents=True, exist_ok=True)
         staged = workdir / "staged"
         staged.mkdir()
@@ -759,6 +858,31 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
         return summary
     finally:
         lab.teardown()
+
+
+def _crash_servers(lab: Lab, scenario: Scenario, backends: list, start_backend: Callable,
+                   started: float) -> list[dict]:
+    """Kill each crashing server's process by its PID with SIGKILL at its time (the kernel
+    closes what it held: FIN, or RST where bytes were unread; its ports refuse until the
+    restart), then start it again. Returns what was done, with epoch times."""
+    done = []
+    for server, at, down in sorted(scenario.crashes, key=lambda crash: crash[1]):
+        time.sleep(max(started + at - time.monotonic(), 0))
+        live = [proc for name, proc, _ in backends if name == server and proc.poll() is None]
+        if len(live) != 1:
+            raise LabError(f"crash of {server}: {len(live)} live processes, expected 1")
+        proc = live[0]
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        if b"backend.py" not in cmdline:  # `ip netns exec` execs: the PID is the backend's
+            raise LabError(f"crash of {server}: PID {proc.pid} is not the backend: {cmdline!r}")
+        killed = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=STOP_GRACE_S)
+        time.sleep(max(started + at + down - time.monotonic(), 0))
+        start_backend(server, lab.net.servers[server])
+        done.append({"server": server, "pid": proc.pid, "killed": round(killed, 6),
+                     "restarted": round(time.time(), 6)})
+    return done
 
 
 def _json_lines(path: Path) -> list[dict]:
