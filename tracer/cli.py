@@ -195,5 +195,138 @@ def _write(output: str, text: str) -> None:
         raise TracerError(f"{output}: cannot write the report ({exc.strerror or exc})") from None
 
 
+# ---------------------------------------------------------------- live capture (issue 7)
+
+def _ring(spec: str | None) -> tuple[int, int]:
+    if not spec:
+        return 0, 0
+    files, _, size = spec.partition(":")
+    if not (files.isdigit() and size.isdigit() and int(files) >= 2 and int(size) >= 1):
+        _fail(f"--ring {spec!r}: expected FILES:SIZE_MB with FILES >= 2 and SIZE_MB >= 1, "
+              "e.g. 10:100")
+    return int(files), int(size)
+
+
+@main.command()
+@click.option("-i", "--interface", "interfaces", multiple=True, metavar="IFACE",
+              help="Interface to capture on (may repeat; `tracer interfaces` lists them).")
+@click.option("-f", "--filter", "bpf", default=None,
+              help="Capture filter (BPF, compiled by dumpcap), e.g. 'tcp port 80 or tcp port 8080'.")
+@click.option("--haproxy-config", type=click.Path(dir_okay=False, readable=False), default=None,
+              help="HAProxy's configuration: frontends, servers and timeouts for attribution.")
+@click.option("--proxy", "proxies", multiple=True, metavar="ADDR[:PORT]",
+              help="HAProxy's frontend address (may repeat), when the config is not at hand.")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Stop after this many seconds (default: until Ctrl-C or SIGTERM).")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between two windows of the view.")
+@click.option("--format", "output_format", type=click.Choice(["text", "jsonl"]), default="text",
+              show_default=True, help="The view: text, or one JSON object per interval.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Write the view here instead of stdout.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, allow_dash=True),
+              default=None, help="Write the final report here (default: after the view, on "
+                                 "stdout for text; the last JSON line for jsonl).")
+@click.option("--report-format", type=click.Choice(["text", "json"]), default=None,
+              help="Final report format (default: json for a --report ending in .json, else text).")
+@click.option("--write", "write_path", type=click.Path(dir_okay=False), default=None,
+              help="Save what was analysed as pcapng, for `tracer analyze` afterwards.")
+@click.option("--ring", "ring", default=None, metavar="FILES:SIZE_MB",
+              help="With --write: a ring of FILES files of about SIZE_MB each (oldest removed).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="Address the metrics endpoint listens on.")
+@click.option("--snaplen", type=click.IntRange(0, 262144), default=256, show_default=True,
+              help="Bytes kept per packet (headers are enough for tracer; 0: whole packets).")
+@click.option("--buffer-mb", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Kernel capture buffer per interface (dumpcap -B).")
+@click.option("--max-flows", type=click.IntRange(min=1000), default=200_000, show_default=True,
+              help="Finished flows kept for attribution before the state starts afresh "
+                   "(bounds memory on endless runs).")
+def live(interfaces, bpf, haproxy_config, proxies, duration, interval, output_format, output,
+         report_path, report_format, write_path, ring, metrics_port, metrics_address, snaplen,
+         buffer_mb, max_flows) -> None:
+    """Capture on interfaces with dumpcap and trace RSTs live, window by window."""
+    import json
+
+    from tracer.analysis import AttributionOptions
+    from tracer.attribution.config import load_config, parse_endpoint
+    from tracer.live.run import LiveSettings, run_live
+    from tracer.pipeline import run
+    from tracer.report import make_document, render_json, render_text
+
+    if not interfaces:
+        _fail("no interface given: tracer live -i IFACE (tracer interfaces lists them)")
+    if haproxy_config and proxies:
+        _fail("give --haproxy-config or --proxy, not both (the config names the frontends)")
+    for spec in proxies:
+        endpoint = parse_endpoint(spec)
+        if endpoint is None or endpoint.address is None:
+            _fail(f"--proxy {spec!r}: expected ADDR or ADDR:PORT, e.g. 10.0.0.5 or 10.0.0.5:443")
+    ring_files, ring_mb = _ring(ring)
+    if ring and not write_path:
+        _fail("--ring needs --write FILE (the ring's file name)")
+    if report_format is None:
+        report_format = "json" if (report_path or "").endswith(".json") else "text"
+    try:
+        config = load_config(haproxy_config) if haproxy_config else None
+        settings = LiveSettings(
+            interfaces=list(interfaces), bpf=bpf, duration_s=duration, interval_s=interval,
+            write=write_path, ring_files=ring_files, ring_size_mb=ring_mb,
+            output_format=output_format, output=output, metrics_port=metrics_port,
+            metrics_address=metrics_address, snaplen=snaplen, buffer_mb=buffer_mb,
+            attribution=AttributionOptions(config=config, proxy=list(proxies) or None),
+            max_flows=max_flows)
+        result = run(run_live(settings))
+        document = make_document([result.summary])
+        if report_path is None and output_format == "jsonl":
+            text = json.dumps({"type": "final", "report": document}, separators=(",", ":")) + "\n"
+            _append(output, text)
+        else:
+            if report_format == "json":
+                text = render_json(document)
+            else:
+                text = render_text(document, colour=(report_path in (None, "-")
+                                                     and sys.stdout.isatty()))
+            if report_path in (None, "-"):
+                _write("-", text)
+            else:
+                _write(report_path, text)
+        lost = {k: v for k, v in result.dropped.items() if v}
+        if lost:
+            click.echo("tracer: warning: frames not analysed: "
+                       + ", ".join(f"{n:,} dropped by {who}" for who, n in lost.items()), err=True)
+    except TracerError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("tracer: interrupted", err=True)
+        sys.exit(130)
+
+
+def _append(output: str, text: str) -> None:
+    if output == "-":
+        _write("-", text)
+        return
+    try:
+        with open(output, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise TracerError(f"{output}: cannot write ({exc.strerror or exc})") from None
+
+
+@main.command()
+def interfaces() -> None:
+    """List the interfaces `tracer live -i` can capture on (dumpcap -D)."""
+    from tracer.live.capture import list_interfaces
+
+    try:
+        for name, description in list_interfaces():
+            click.echo(f"{name}\t{description}" if description else name)
+    except TracerError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+
 if __name__ == "__main__":
     main()
