@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 
@@ -31,13 +32,17 @@ def _memory_kb() -> dict[str, int]:
     }
 
 
-def decode_file(path: str, *, flows: bool = False) -> dict[str, float | int | None]:
+def decode_file(path: str, *, flows: bool = False, jobs: int = 1) -> dict[str, float | int | None]:
     from tracer.decode import decode_frames
     from tracer.flows import FlowTracker
+    from tracer.parallel import ShardedFlowTracker
     from tracer.source import open_capture
 
     # As `tracer analyze` runs it: finished-flow rows are counted, not kept.
-    tracker = FlowTracker(keep_flows=False) if flows else None
+    tracker = None
+    if flows:
+        tracker = (ShardedFlowTracker(jobs, keep_flows=False) if jobs > 1
+                   else FlowTracker(keep_flows=False))
 
     frames = tcp_packets = batches = 0
     # mapped file pages count in RSS but are the page cache's, not ours: anonymous memory is
@@ -58,6 +63,8 @@ def decode_file(path: str, *, flows: bool = False) -> dict[str, float | int | No
         tracker.finish()
     seconds = time.perf_counter() - started
     memory = _memory_kb()
+    # With workers, their memory counts too: the largest of them (they have exited by now).
+    workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if jobs > 1 else None
     return {
         "stages": "source+decode+flows" if flows else "source+decode",
         "packets": frames,
@@ -67,6 +74,8 @@ def decode_file(path: str, *, flows: bool = False) -> dict[str, float | int | No
         "packets_per_s": round(frames / seconds) if seconds else 0,
         "peak_rss_kb": memory.get("VmHWM"),
         "peak_rss_anon_kb_sampled": peak_anon_kb or None,
+        "jobs": jobs,
+        "workers_max_rss_kb": workers_kb,
     }
 
 
@@ -78,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file")
     parser.add_argument("--flows", action="store_true",
                         help="also run the flow stage (decode + flows end to end)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="flow stage processes (sharded by 4-tuple; default 1)")
     args = parser.parse_args(argv)
-    print(json.dumps(decode_file(args.file, flows=args.flows)))
+    print(json.dumps(decode_file(args.file, flows=args.flows, jobs=args.jobs)))
     return 0
 
 

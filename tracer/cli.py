@@ -85,6 +85,9 @@ def main() -> None:
 @click.option("--join", is_flag=True,
               help="Read the files as one capture, in the order given (e.g. tcpdump -C/-G "
                    "rotations): flows continue across files, frame numbers go on counting.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Flow-stage processes: packets are sharded by 4-tuple over this many workers "
+                   "(same results; pays on large captures with spare cores).")
 @click.option("--haproxy-config", type=click.Path(dir_okay=False, readable=False), default=None,
               help="HAProxy's configuration: frontends, servers, timeouts and rules for RST "
                    "attribution.")
@@ -95,7 +98,7 @@ def main() -> None:
               help="HAProxy's log (httplog/tcplog, syslog-wrapped or raw, or the config's "
                    "log-format): sharpens the leg join and is compared with tracer's verdicts.")
 def analyze(files, read_files, output_format, output, engine, filter_expr, progress,
-            rsts_csv, join, haproxy_config, proxies, haproxy_log) -> None:
+            rsts_csv, join, jobs, haproxy_config, proxies, haproxy_log) -> None:
     """Analyse capture files (pcap, pcapng, gzip-compressed, or '-' for stdin)."""
     from tracer.analysis import AttributionOptions
     from tracer.attribution.config import load_config, parse_endpoint
@@ -131,9 +134,10 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
             try:
                 options = AttributionOptions(config=config, proxy=list(proxies) or None,
                                              log_entries=log_entries)
+                more = {"jobs": jobs} if engine == "native" else {}
                 analysis, summary = run(analyze_one(path, packet_filter=packet_filter,
                                                     filter_expr=filter_expr, progress=meter,
-                                                    attribution=options))
+                                                    attribution=options, **more))
             finally:
                 meter.finish()
             _check_linktypes(summary)

@@ -91,14 +91,32 @@ async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object]
 async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = None,
                          filter_expr: str | None = None,
                          progress: Progress | None = None,
-                         attribution: AttributionOptions | None = None) -> tuple[CaptureAnalysis, dict]:
+                         attribution: AttributionOptions | None = None,
+                         jobs: int = 1) -> tuple[CaptureAnalysis, dict]:
     """One capture; a list of paths is read as one capture, file after file (`--join`): flows
     continue across files and frame numbers go on counting, as if the files were concatenated
-    (mergecap -a)."""
+    (mergecap -a). With `jobs` > 1 the flow stage runs on that many worker processes."""
     paths = path if isinstance(path, list) else [path]
     labels = ["<stdin>" if p == "-" else p for p in paths]
-    analysis = CaptureAnalysis(path=" + ".join(labels), engine="native",
-                               options=attribution or AttributionOptions())
+    options = attribution or AttributionOptions()
+    tracker = None
+    if jobs > 1:
+        from tracer.parallel import ShardedFlowTracker
+
+        tracker = ShardedFlowTracker(jobs, keep_flows=options.enabled,
+                                     keep_segments=options.enabled)
+    try:
+        return await _analyze_native(paths, labels, options, tracker, packet_filter,
+                                     filter_expr, progress)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+async def _analyze_native(paths, labels, options, tracker, packet_filter, filter_expr,
+                          progress) -> tuple[CaptureAnalysis, dict]:
+    analysis = CaptureAnalysis(path=" + ".join(labels), engine="native", options=options,
+                               flows=tracker)
     facts = {"format": [], "compressed": False, "linktypes": [], "leftover": 0,
              "anomalies": {}, "problem": None}
     frames_before = 0

@@ -90,6 +90,27 @@ def _hash(*columns: np.ndarray) -> np.ndarray:
     return h
 
 
+def _endpoint_key(p) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """Per packet: a 64-bit hash of its endpoint pair in canonical order (lower (address,
+    port) first, so both directions agree), whether the source is that first endpoint, and
+    the two endpoints' (hi, lo, port) columns."""
+    src = (p["src_hi"], p["src_lo"], p["sport"])
+    dst = (p["dst_hi"], p["dst_lo"], p["dport"])
+    a_is_src = (src[0] < dst[0]) | (
+        (src[0] == dst[0]) & ((src[1] < dst[1]) | ((src[1] == dst[1]) & (src[2] <= dst[2])))
+    )
+    a = [np.where(a_is_src, s, d) for s, d in zip(src, dst, strict=True)]
+    b = [np.where(a_is_src, d, s) for s, d in zip(src, dst, strict=True)]
+    return _hash(a[0], a[1], a[2], b[0], b[1], b[2]), a_is_src, a, b
+
+
+def endpoint_shard(packets: np.ndarray, shards: int) -> np.ndarray:
+    """Which of `shards` independent trackers each packet belongs to: every packet of a
+    4-tuple (both directions, every flow reusing it) lands in the same one."""
+    key = _endpoint_key(packets)[0]
+    return (key % np.uint64(shards)).astype(np.int64)
+
+
 def _wrap32(delta: np.ndarray) -> np.ndarray:
     """A difference of 32-bit sequence numbers as a signed value in [-2**31, 2**31)."""
     return ((delta + 2**31) & MASK32) - 2**31
@@ -122,7 +143,10 @@ class FlowTracker:
 
     def __init__(self, *, idle_timeout_s: float = 600.0, closed_timeout_s: float = 10.0,
                  keep_segments: bool = False, keep_flows: bool = True,
-                 max_rtt_samples: int = DEFAULT_MAX_RTT_SAMPLES) -> None:
+                 max_rtt_samples: int = DEFAULT_MAX_RTT_SAMPLES,
+                 report_new_flows: bool = False) -> None:
+        # With report_new_flows, take_new_flows() hands over each new flow's first frame.
+        self.report_new_flows = report_new_flows
         self.keep_flows = keep_flows
         self.max_rtt_samples = max_rtt_samples
         self.rtt_samples_seen = 0  # all samples taken; `rtts` holds a uniform subset past the cap
@@ -135,6 +159,7 @@ class FlowTracker:
         self.sorted_keys = np.empty(0, np.uint64)
         self.sorted_slots = np.empty(0, np.int64)
         self.next_flow_id = 0
+        self._new_flow_frames: list[np.ndarray] = []  # first frame of each new flow, by id
         self.counts = FlowCounts()
         self._flows: list[np.ndarray] = []
         self._rsts: list[np.ndarray] = []
@@ -209,6 +234,13 @@ class FlowTracker:
     def segments(self) -> np.ndarray:
         return _concat(self._segments, SEGMENT_DTYPE)
 
+    def take_new_flows(self) -> np.ndarray:
+        """First frame of each flow started since the last call, in flow id order (ids run on
+        from the previous call's). Lets a caller number flows of several trackers as one."""
+        frames = _concat(self._new_flow_frames, np.int64)
+        self._new_flow_frames.clear()
+        return frames.astype(np.int64, copy=False)
+
     def take_segments(self) -> np.ndarray:
         """The segment rows (with `keep_segments`) produced since the last call, handed over
         and forgotten, so a consumer can process them batch by batch in flat memory."""
@@ -219,14 +251,7 @@ class FlowTracker:
     # -- 1. identity -----------------------------------------------------------------------
 
     def _slots(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        src = (p["src_hi"], p["src_lo"], p["sport"])
-        dst = (p["dst_hi"], p["dst_lo"], p["dport"])
-        a_is_src = (src[0] < dst[0]) | (
-            (src[0] == dst[0]) & ((src[1] < dst[1]) | ((src[1] == dst[1]) & (src[2] <= dst[2])))
-        )
-        a = [np.where(a_is_src, s, d) for s, d in zip(src, dst, strict=True)]
-        b = [np.where(a_is_src, d, s) for s, d in zip(src, dst, strict=True)]
-        key = _hash(a[0], a[1], a[2], b[0], b[1], b[2])
+        key, a_is_src, a, b = _endpoint_key(p)
         uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
         pos_c, found = _find(self.sorted_keys, uniq)
         slot_u = np.empty(uniq.shape[0], np.int64)
@@ -288,14 +313,14 @@ class FlowTracker:
             marked[b.slot[involved]] = True
             rows = np.flatnonzero(marked[b.slot])
             sub_flow, sub_reused = self._assign_rows(b.slot[rows], endpoint[rows], flags[rows],
-                                                     p["seq"][rows])
+                                                     p["seq"][rows], p["frame"][rows])
             flow_id[rows] = sub_flow
             reused[rows] = sub_reused
         b.flow_id = flow_id
         b.reuse = reused & ((flags & (TH_SYN | TH_ACK)) == TH_SYN)
         b.reused_flag = reused
 
-    def _assign_rows(self, slot, endpoint, flags, seq_raw) -> tuple[np.ndarray, np.ndarray]:
+    def _assign_rows(self, slot, endpoint, flags, seq_raw, frame) -> tuple[np.ndarray, np.ndarray]:
         """Flow ids and reused-ports flags of rows (in capture order) covering whole slots."""
         st = self.state
         n = slot.shape[0]
@@ -336,6 +361,8 @@ class FlowTracker:
         start_rows = np.sort(start_rows)  # flow ids in order of first segment, like tcp.stream
         new_ids = self.next_flow_id + np.arange(start_rows.size, dtype=np.int64)
         self.next_flow_id += start_rows.size
+        if self.report_new_flows:
+            self._new_flow_frames.append(frame[start_rows])
         start_id = np.full(n, -1, np.int64)
         start_id[start_rows] = new_ids
         sseg = sg.Segments(np.cumsum(first_in_slot) - 1)
