@@ -218,13 +218,13 @@ def warm_page_cache(path: Path) -> None:
 # ---------------------------------------------------------------- contenders
 
 
-def run_tracer(path: Path, repeat: int, *, flows: bool = False) -> dict:
+def run_tracer(path: Path, repeat: int, *, flows: bool = False, jobs: int = 1) -> dict:
     """benchmarks.decode_only in its own process, best of `repeat`; with `flows`, source +
-    decode + the flow stage end to end."""
+    decode + the flow stage end to end (on `jobs` worker processes when > 1)."""
     runs = []
     command = [sys.executable, "-m", "benchmarks.decode_only", str(path)]
     if flows:
-        command.append("--flows")
+        command += ["--flows", "--jobs", str(jobs)]
     for _ in range(repeat):
         measured = _check(run_measured(command), "benchmarks.decode_only")
         runs.append((measured, json.loads(measured.stdout)))
@@ -396,6 +396,9 @@ def print_table(result: dict) -> None:
     rows = [("tracer (source+decode)", result["tracer"])]
     if result.get("tracer_flows"):
         rows.append(("tracer (+flows)", result["tracer_flows"]))
+    if result.get("tracer_flows_jobs"):
+        jobs = result["tracer_flows_jobs"]
+        rows.append((f"tracer (+flows, {jobs['jobs']} jobs)", jobs))
     if result.get("tshark"):
         rows.append(("tshark -T fields", result["tshark"]))
     if result.get("pyshark"):
@@ -417,7 +420,8 @@ def print_table(result: dict) -> None:
         f"{_mb(tracer['peak_rss_anon_kb_sampled'])} MB"
     )
     for key, label in (("vs_tshark", "tshark"), ("vs_pyshark", "pyshark"),
-                       ("flows_vs_tshark", "tshark, decode+flows")):
+                       ("flows_vs_tshark", "tshark, decode+flows"),
+                       ("flows_jobs_vs_tshark", "tshark, decode+flows on processes")):
         ratio = result["ratios"].get(key)
         if ratio:
             print(
@@ -559,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tshark", action="store_true")
     parser.add_argument("--no-flows", action="store_true",
                         help="skip the source+decode+flows runs")
+    parser.add_argument("--flows-jobs", type=int, default=2,
+                        help="also time the flow stage on this many processes (1: skip)")
     parser.add_argument(
         "--memory-scaling",
         action="store_true",
@@ -585,9 +591,16 @@ def main(argv: list[str] | None = None) -> int:
         tracer = run_tracer(path, args.repeat)
         packets = tracer["packets"]
         tracer_flows = None
+        tracer_flows_jobs = None
         if not args.no_flows:
             print("tracer + flows ...", file=sys.stderr, flush=True)
             tracer_flows = run_tracer(path, args.repeat, flows=True)
+            if args.flows_jobs > 1:
+                print(f"tracer + flows on {args.flows_jobs} processes ...", file=sys.stderr,
+                      flush=True)
+                tracer_flows_jobs = run_tracer(path, args.repeat, flows=True,
+                                               jobs=args.flows_jobs)
+                tracer_flows_jobs["jobs"] = args.flows_jobs
         result: dict = {
             "benchmark": "decode",
             "started_utc": started.isoformat(timespec="seconds"),
@@ -600,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "tracer": tracer,
             **({"tracer_flows": tracer_flows} if tracer_flows else {}),
+            **({"tracer_flows_jobs": tracer_flows_jobs} if tracer_flows_jobs else {}),
             "tshark_setup": {
                 "fields": list(TSHARK_FIELDS),
                 "prefs": TSHARK_PREFS,
@@ -620,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
                 result["ratios"]["flows_vs_tshark"] = {
                     "wall": round(tracer_flows["packets_per_s"] / tshark["packets_per_s"], 2),
                     "loop": round(tracer_flows["loop_packets_per_s"] / tshark["packets_per_s"], 2),
+                }
+            if tracer_flows_jobs:
+                result["ratios"]["flows_jobs_vs_tshark"] = {
+                    "wall": round(tracer_flows_jobs["packets_per_s"] / tshark["packets_per_s"], 2),
+                    "loop": round(tracer_flows_jobs["loop_packets_per_s"]
+                                  / tshark["packets_per_s"], 2),
                 }
         if args.pyshark_slice:
             n = min(args.pyshark_slice, packets)
