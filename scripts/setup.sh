@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up tracer on a Debian machine, as root, idempotently: the system tools it drives
-# (tshark/dumpcap/editcap/capinfos, haproxy, iproute2, nftables, tcpdump) with apt-get, then the
+# (tshark/dumpcap/editcap/capinfos, haproxy, iproute2, nftables, tcpdump; chromium, headless,
+# for the HTML report test) with apt-get, then the
 # Python package and its test extras in a virtualenv at .venv. Safe to run again: it installs only
 # what is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES=(tshark wireshark-common haproxy iproute2 nftables tcpdump)
-NEEDED_COMMANDS=(tshark dumpcap editcap capinfos haproxy ip nft tcpdump)
+APT_PACKAGES=(tshark wireshark-common haproxy iproute2 nftables tcpdump chromium)
+NEEDED_COMMANDS=(tshark dumpcap editcap capinfos haproxy ip nft tcpdump chromium)
 
 missing=()
 for cmd in "${NEEDED_COMMANDS[@]}"; do

@@ -24,6 +24,8 @@ from tracer.flows import FlowTracker
 from tracer.flows import vocab as fv
 from tracer.flows.tables import RTT_KIND_NAMES
 from tracer.packet import TCP_FLAG_NAMES, DecodeCounts
+from tracer.patterns import Patterns, analyze_patterns
+from tracer.patterns.events import SegmentFacts
 
 SCHEMA_VERSION = 1
 
@@ -54,6 +56,8 @@ class CaptureAnalysis:
     options: AttributionOptions = field(default_factory=AttributionOptions)
     timeline: Timeline = field(default_factory=Timeline)
     attribution: Attribution | None = None
+    segment_facts: SegmentFacts = field(default_factory=SegmentFacts)  # for tracer.patterns
+    patterns: Patterns | None = None
 
     def __post_init__(self) -> None:
         if self.flows is None:
@@ -66,7 +70,9 @@ class CaptureAnalysis:
             return
         self.flows.add(packets)
         if self.options.enabled:
-            self.timeline.add(packets, self.flows.take_segments())
+            segments = self.flows.take_segments()
+            self.timeline.add(packets, segments)
+            self.segment_facts.add(packets, segments)
         versions, n = np.unique(packets["ip_version"], return_counts=True)
         for version, count in zip(versions.tolist(), n.tolist(), strict=True):
             self.ip_versions[version] = self.ip_versions.get(version, 0) + count
@@ -99,6 +105,10 @@ class CaptureAnalysis:
                                          self.timeline, config=o.config, proxy=o.proxy,
                                          log_entries=o.log_entries)
             extra = attribution_summary(self.attribution)
+            self.patterns = analyze_patterns(
+                self.attribution, self.flows.rtts, self.timeline, self.segment_facts,
+                config=o.config, first_ts_ns=self.first_ts_ns, last_ts_ns=self.last_ts_ns)
+            extra.update(self.patterns.document())
         return {
             "path": self.path,
             "engine": self.engine,
