@@ -63,7 +63,7 @@ class Patterns:
 
     def document(self) -> dict:
         return {"patterns": self.breakdowns, "timeseries": self.timeseries,
-                "anomalies": self.anomalies, "findings": self.findings}
+                "anomaly_windows": self.anomalies, "findings": self.findings}
 
 
 def analyze_patterns(a: Attribution, rtts: np.ndarray, timeline: Timeline, facts: SegmentFacts, *,
