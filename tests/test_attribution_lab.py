@@ -132,11 +132,8 @@ FLOW_STAGE_GAPS: dict[str, str] = {}
 
 # Below the bar today, with the reason (README.md has the figures). Strict: a fix shows up.
 BELOW_BAR = {
-    ("mixed", "config"): "concurrent mixed traffic: 13 of 601 wrong (joins of slowloris and "
-                         "queued streams, one middlebox propagation)",
-    ("mixed", "proxy"): "concurrent mixed traffic without the config: health checks to check "
-                        "ports nest in client connections and join them",
-    ("mixed", "inferred"): "concurrent mixed traffic without the config: 16 of 601 wrong",
+    ("mixed", "proxy"): "concurrent mixed traffic with --proxy only: 88.5% (health checks to "
+                        "check ports nest in client connections and join them)",
 }
 
 
@@ -200,10 +197,7 @@ def test_log_does_not_make_it_worse_and_agrees(scenario):
 JOIN_BAR = 0.9
 
 
-@pytest.mark.parametrize("scenario", [
-    pytest.param(s, marks=[pytest.mark.xfail(strict=True, reason="concurrent mixed traffic: "
-                                             "the packet join agrees with the log on 84%")])
-    if s == "mixed" else s for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_join_matches_the_logged_backend_connection(scenario):
     """The packet-only join against the exact join HAProxy's own log gives (%bi:%bp): the
     join accuracy on the lab captures. Server connections the log shows reused by several

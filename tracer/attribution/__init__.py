@@ -17,7 +17,7 @@ import numpy as np
 
 from tracer.attribution import vocab as av
 from tracer.attribution.config import Config
-from tracer.attribution.join import Join, join_legs
+from tracer.attribution.join import Join, TurnIndex, join_legs
 from tracer.attribution.rst import (
     BE_TIMEOUTS,
     FE_TIMEOUTS,
@@ -69,6 +69,8 @@ def settings_for(topo: Topology, config: Config | None) -> Settings:
         s.fe_content_reject[i] = bool(rejects) and all(r.stage == "content" for r in rejects)
         s.fe_silent_drop[i] = p.has_action("silent-drop")
         s.fe_deny[i] = any(r.keyword == "http-request" and r.action in ("deny", "reject") for r in p.rules)
+        # a stream can wait in a queue when a server it may go to has a `maxconn`
+        s.fe_queue[i] = any(srv.maxconn for b in config.routes(p) for srv in b.servers)
     back_index = {p.name: j for j, p in enumerate(backs)}
     for i, srv in enumerate(topo.servers):
         j = back_index.get(srv.backend, -1)
@@ -110,6 +112,15 @@ def _queue_grace(config: Config | None) -> int:
         t = p.timeouts_ns
         longest = max(longest, t.get("queue", t.get("connect", 0)) + t.get("connect", 0) * (1 + (p.retries or 0)))
     return longest or QUEUE_GRACE_NS
+
+
+def _connect_timeouts(config: Config | None, topo: Topology, roles: FlowRoles) -> np.ndarray | None:
+    """Per flow: `timeout connect` of the backend its server entry belongs to (-1: unknown)."""
+    if config is None or topo.source != "config":
+        return None
+    per_server = np.array([next((p.timeouts_ns.get("connect", -1) for p in config.backends
+                                 if p.name == s.backend), -1) for s in topo.servers] or [-1], np.int64)
+    return np.where(roles.server >= 0, per_server[np.maximum(roles.server, 0)], -1)
 
 
 def _routed_server(topo: Topology, settings: Settings, roles: FlowRoles, join: Join) -> None:
@@ -156,9 +167,16 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
     # health checks to a `check port` serve no client: kept out of the join
     join_leg = np.where(roles.check, av.LEG_UNKNOWN, roles.leg)
     client_left = np.where(tl["first_close_dir"] == 0, tl["first_close_ts"], -1)
+    turns = timeline.turns()
+    turn_rows = np.searchsorted(flows["flow_id"], turns["flow_id"])
+    known = turn_rows < flows.shape[0]
+    known[known] = flows["flow_id"][turn_rows[known]] == turns["flow_id"][known]
+    turn_index = TurnIndex(turn_rows[known], turns["ts_ns"][known], turns["direction"][known])
     join = join_legs(flows, join_leg, first_client_data, route_ok=settings.route_ok,
                      frontend_index=roles.frontend, server_index=roles.server,
-                     client_left_ts=client_left, queue_grace_ns=_queue_grace(config))
+                     client_left_ts=client_left, queue_grace_ns=_queue_grace(config),
+                     turns=turn_index, response_ts=tl["first_data_ts"][:, 1],
+                     connect_ns=_connect_timeouts(config, topo, roles))
     log_report = None
     if log_entries is not None:
         from tracer.attribution.logs import apply_log_join

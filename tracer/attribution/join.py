@@ -6,10 +6,25 @@ keep-alive, after a later request). So a backend flow's candidates are the front
 open at its SYN (started before, not finished), allowed by the routing when the config is
 known (the frontend's `use_backend`/`default_backend` reach a backend listing the server); among them
 the one whose *trigger* (its client's first payload if it came before the SYN, else its
-accept) is closest before the SYN wins. Several backend flows may join one frontend flow
+accept) is closest before the SYN wins. The *trigger* is the latest request turn (see
+tracer.attribution.timeline) before the SYN, so each request of a keep-alive client stream
+can get its own server connection.
+
+Evidence that overrides timing when it is there:
+- **the forwarded response**: HAProxy passes a server's first response bytes to its client at
+  once (measured in the lab: median 0.06 ms, at most 5.5 ms under 3% loss), so the stream a
+  server connection served has a HAProxy->client turn within FORWARD_NS after the server's
+  first payload. When some candidate has one, the others are out (a slowloris client, a
+  stream HAProxy answered itself, a stream still queued). One client-side turn forwards one
+  response: when two server connections claim it, the nearer one before it wins;
+- **retries** (with the config's `timeout connect`): HAProxy retries a failed connect at once
+  after the connect timeout, or min(1 s, timeout connect) after a refusal; a connection that
+  no fresh request nor freed slot explains and opens that long after a failed attempt is its
+  retry (`_retries`). Several backend flows may join one frontend flow
 (retries, redispatch); a frontend flow HAProxy answered itself or rejected joins none; a
 backend flow open while no frontend flow is (health checks) joins none. When several streams
-were waiting, the first come is served first (see `_first_come_first_served`).
+were waiting, the first come is served first (see `_first_come_first_served`); when both a
+fresh request and a freed slot just preceded a connection, the nearer of the two explains it.
 
 Vectorized: frontend flows are sorted by start; each backend SYN is placed with searchsorted
 and the CANDIDATES nearest earlier starts are scored at once as a (backends x CANDIDATES)
@@ -29,6 +44,52 @@ from tracer.attribution import vocab as av
 CANDIDATES = 32  # frontend flows considered per backend flow (nearest earlier starts)
 QUEUE_GRACE_NS = 10_000_000_000  # how long a stream may wait in a queue (`timeout queue`)
 NONE = -1
+# HAProxy passes a server's response on to its client as soon as it has it (the headers in
+# http mode, the bytes in tcp mode): the client-side turn follows the server-side one by well
+# under a millisecond on one host; 20 ms leaves room for a loaded proxy and capture timestamps.
+FORWARD_NS = 20_000_000
+
+
+class TurnIndex:
+    """Turns (tracer.attribution.timeline) by (flow row, direction), searchable by time for many
+    queries at once. Times are replaced by their rank among all turn times so that (group,
+    time) fits one sortable int64 key: group * (turns + 1) + rank."""
+
+    def __init__(self, row: np.ndarray, ts: np.ndarray, direction: np.ndarray) -> None:
+        self.ts_sorted = np.sort(ts)
+        self.m = np.int64(ts.size + 1)
+        group = row.astype(np.int64) * 2 + direction.astype(np.int64)
+        key = group * self.m + np.searchsorted(self.ts_sorted, ts, side="left")
+        o = np.argsort(key, kind="stable")
+        self.key, self.ts = key[o], ts[o]
+
+    @staticmethod
+    def empty() -> TurnIndex:
+        z = np.zeros(0, np.int64)
+        return TurnIndex(z, z, z)
+
+    def _group(self, row: np.ndarray, direction: int) -> np.ndarray:
+        return row.astype(np.int64) * 2 + direction
+
+    def latest_at_or_before(self, row: np.ndarray, direction: int, t: np.ndarray) -> np.ndarray:
+        """Per query: the latest turn of that flow row and direction at or before t (-1)."""
+        if self.key.size == 0:
+            return np.full(np.shape(t), -1, np.int64)
+        g = self._group(row, direction)
+        pos = np.searchsorted(self.key, g * self.m + np.searchsorted(self.ts_sorted, t, side="right")) - 1
+        p = np.maximum(pos, 0)
+        ok = (pos >= 0) & (self.key[p] // self.m == g)
+        return np.where(ok, self.ts[p], -1)
+
+    def first_at_or_after(self, row: np.ndarray, direction: int, t: np.ndarray) -> np.ndarray:
+        """Per query: the first turn of that flow row and direction at or after t (-1)."""
+        if self.key.size == 0:
+            return np.full(np.shape(t), -1, np.int64)
+        g = self._group(row, direction)
+        pos = np.searchsorted(self.key, g * self.m + np.searchsorted(self.ts_sorted, t, side="left"))
+        p = np.minimum(pos, self.key.size - 1)
+        ok = (pos < self.key.size) & (self.key[p] // self.m == g)
+        return np.where(ok, self.ts[p], -1)
 
 
 @dataclass
@@ -48,7 +109,8 @@ def flow_start(flows: np.ndarray) -> np.ndarray:
 def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarray,
               route_ok: np.ndarray | None = None, frontend_index: np.ndarray | None = None,
               server_index: np.ndarray | None = None, client_left_ts: np.ndarray | None = None,
-              queue_grace_ns: int = QUEUE_GRACE_NS) -> Join:
+              queue_grace_ns: int = QUEUE_GRACE_NS, turns: TurnIndex | None = None,
+              response_ts: np.ndarray | None = None, connect_ns: np.ndarray | None = None) -> Join:
     """`first_client_data_ts`: per flow, the initiator's first payload time (-1: none).
     `route_ok[frontend, server]`: the config's routing (None: any); `frontend_index` and
     `server_index` per flow (-1 unknown); `client_left_ts`: when the client closed or reset
@@ -72,7 +134,8 @@ def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarr
         valid = pos >= 0
         pos = np.maximum(pos, 0)
         alive = valid & (f_last[pos] >= b_start[:, None])
-        dequeued = _opens_on_release(flows, backs, b_start)
+        release_gap = _release_gap(flows, backs, b_start)
+        dequeued = release_gap <= RELEASE_WINDOW_NS
         if client_left_ts is not None:
             # a stream whose client left can still be served from a queue, but only by a
             # server connection that opens as another one to the same server closes (HAProxy
@@ -86,8 +149,38 @@ def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarr
             known = (fe >= 0) & (be >= 0)
             routed = route_ok[np.maximum(fe, 0), np.maximum(be, 0)]
             alive &= ~known | routed
-        trig_data = data[pos]
-        trigger = np.where((trig_data >= 0) & (trig_data <= b_start[:, None]), trig_data, f_start[pos])
+        b_at = np.broadcast_to(b_start[:, None], pos.shape)
+        if turns is not None:
+            # the latest request (client turn) before the connect: with keep-alive on the
+            # client side, each request on the frontend flow gets its own server connection
+            trig_data = turns.latest_at_or_before(f_order[pos], 0, b_at)
+        else:
+            trig_data = data[pos]
+        trigger = np.where((trig_data >= 0) & (trig_data <= b_at), trig_data, f_start[pos])
+        if turns is not None and response_ts is not None:
+            # The server's response is forwarded: the stream it served has a HAProxy turn to
+            # its client right after the server's first payload. When some candidate shows
+            # it, the others (a slowloris client, a stream HAProxy answered itself, a stream
+            # still queued) did not get this response.
+            t_s = np.broadcast_to(response_ts[backs][:, None], pos.shape)
+            fwd = turns.first_at_or_after(f_order[pos], 1, t_s)
+            forwarded = alive & (t_s >= 0) & (fwd >= 0) & (fwd - t_s <= FORWARD_NS)
+            # one client-side turn forwards one response: the server turn nearest before it
+            # (two slow responses can end together; the stream's own server was the nearer)
+            claim = np.flatnonzero(forwarded.ravel())
+            if claim.size > 1:
+                f_rows = f_order[pos].ravel()[claim]
+                t_f = fwd.ravel()[claim]
+                gap = t_f - t_s.ravel()[claim]
+                o = np.lexsort((gap, t_f, f_rows))
+                same = (f_rows[o][1:] == f_rows[o][:-1]) & (t_f[o][1:] == t_f[o][:-1])
+                beaten = np.zeros(claim.size, bool)
+                beaten[o[1:]] = same & (gap[o][1:] > gap[o][:-1])
+                # a claim beaten by a tie-holder keeps losing: carry the group minimum
+                flat = forwarded.ravel().copy()
+                flat[claim[beaten]] = False
+                forwarded = flat.reshape(forwarded.shape)
+            alive = np.where(forwarded.any(axis=1)[:, None], forwarded, alive)
         delay = np.where(alive, b_start[:, None] - trigger, np.iinfo(np.int64).max)
         best = np.argmin(delay, axis=1)
         found = alive[np.arange(backs.size), best]
@@ -100,7 +193,10 @@ def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarr
         ambiguous = np.flatnonzero(n_cand > 1)
         if ambiguous.size:
             _first_come_first_served(flows, backs, b_start, f_order, pos, alive, trigger, delay,
-                                     ambiguous, front_of, queue_grace_ns, dequeued)
+                                     ambiguous, front_of, queue_grace_ns, release_gap)
+        fresh = np.where(alive, delay, np.iinfo(np.int64).max).min(axis=1)
+        if connect_ns is not None:
+            _retries(flows, backs, b_start, fresh, release_gap, front_of, method, connect_ns)
     joined = front_of[backs] >= 0
     served = np.unique(front_of[front_of >= 0])
     stats = {
@@ -117,31 +213,32 @@ def join_legs(flows: np.ndarray, leg: np.ndarray, first_client_data_ts: np.ndarr
 
 RELEASE_WINDOW_NS = 50_000_000
 PROMPT_NS = 50_000_000  # HAProxy connects within this of a request it is not holding back
+RETRY_TOLERANCE_NS = 50_000_000  # HAProxy's timers and scheduling around a retry's delay
 
 
-def _opens_on_release(flows: np.ndarray, backs: np.ndarray, b_start: np.ndarray) -> np.ndarray:
-    """Per backend flow: another connection to the same server endpoint ended within
-    RELEASE_WINDOW_NS before it opened."""
+def _release_gap(flows: np.ndarray, backs: np.ndarray, b_start: np.ndarray) -> np.ndarray:
+    """Per backend flow: how long before it opened another connection to the same server
+    endpoint ended (ns; a large value when none did within RELEASE_WINDOW_NS)."""
     key = (flows["responder_hi"][backs].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
            ^ flows["responder_lo"][backs].astype(np.uint64)
            ^ (flows["responder_port"][backs].astype(np.uint64) << np.uint64(48)))
     end = flows["last_ts"][backs]
     o = np.lexsort((end, key))
     k_sorted, e_sorted = key[o], end[o]
-    # composite search: same key, end in [start - window, start)
     lo = np.searchsorted(k_sorted, key, side="left")
     hi = np.searchsorted(k_sorted, key, side="right")
-    out = np.zeros(backs.size, bool)
+    out = np.full(backs.size, np.iinfo(np.int64).max, np.int64)
     for i in np.flatnonzero(hi - lo > 1).tolist():
         ends = e_sorted[lo[i]:hi[i]]
         a = np.searchsorted(ends, b_start[i] - RELEASE_WINDOW_NS, side="left")
         b = np.searchsorted(ends, b_start[i], side="left")
-        out[i] = b > a
+        if b > a:
+            out[i] = b_start[i] - ends[b - 1]
     return out
 
 
 def _first_come_first_served(flows, backs, b_start, f_order, pos, alive, trigger, delay, ambiguous,
-                             front_of, grace_ns, dequeued) -> None:
+                             front_of, grace_ns, release_gap) -> None:
     """Several client streams were waiting when a server connection opened. A connection that
     opens as another one to the same server closes, or long after any request, is HAProxy
     dequeuing (a server or frontend slot freed): queues are served
@@ -164,9 +261,13 @@ def _first_come_first_served(flows, backs, b_start, f_order, pos, alive, trigger
         t = trigger[i, cand]
         waiting = ((served_at[rows] < 0) | (served_at[rows] >= b_start[i])) & (t >= b_start[i] - grace_ns)
         # a connection right after a request is that request's; one that follows no fresh
-        # request (a slot freed: server maxconn, frontend maxconn) serves the longest waiting
-        prompt = delay[i, cand].min() <= PROMPT_NS
-        if waiting.any() and (dequeued[i] or not prompt):
+        # request (a slot freed: server maxconn, frontend maxconn) serves the longest waiting;
+        # when both happened just before, the nearer one explains the connect (HAProxy acts on
+        # either within a fraction of a millisecond)
+        fresh = delay[i, cand].min()
+        prompt = fresh <= PROMPT_NS
+        dequeued = release_gap[i] <= RELEASE_WINDOW_NS and release_gap[i] < fresh
+        if waiting.any() and (dequeued or not prompt):
             k = cand[waiting][np.argmin(t[waiting])]
         else:
             k = cand[np.argmin(delay[i, cand])]
@@ -174,6 +275,40 @@ def _first_come_first_served(flows, backs, b_start, f_order, pos, alive, trigger
         front_of[backs[i]] = f
         if answered[backs[i]] and (served_at[f] < 0 or served_at[f] > b_start[i]):
             served_at[f] = b_start[i]
+
+
+def _retries(flows, backs, b_start, fresh, release_gap, front_of, method, connect_ns) -> None:
+    """HAProxy retries a failed connect on a new connection, to the same server or,
+    redispatching, to another: at once when `timeout connect` expired (no SYN/ACK), after
+    min(1 s, timeout connect) when the server refused (RST to the SYN). No fresh request
+    precedes a retry; a failed attempt does, by exactly that delay. With the config's
+    `timeout connect` (per backend flow, -1 unknown), a server connection that neither a fresh
+    request (PROMPT_NS) nor a freed slot explains, and that opens that delay after a failed
+    attempt not yet followed, is the attempt's retry and serves its stream. Without the
+    config the delay is unknown and the timing join stands. A loop over such connections only.
+    """
+    tc = connect_ns[backs]
+    failed = (flows["synack_ts"][backs] < 0) & (flows["payload_bytes"][backs, 1] == 0) & (tc > 0)
+    if not failed.any():
+        return
+    refused = flows["rst_count"][backs, 1] > 0
+    # when HAProxy moves on: the connect timeout, or the turn-around after the refusal
+    moves_on = np.where(refused, flows["first_rst_ts"][backs, 1] + np.minimum(tc, 1_000_000_000),
+                        b_start + tc)
+    f_idx = np.flatnonzero(failed)
+    f_idx = f_idx[np.argsort(moves_on[f_idx], kind="stable")]
+    f_at = moves_on[f_idx]
+    followed = np.zeros(f_idx.size, bool)
+    lone = (fresh > PROMPT_NS) & (release_gap > RELEASE_WINDOW_NS)
+    for i in np.flatnonzero(lone)[np.argsort(b_start[lone], kind="stable")].tolist():
+        lo = int(np.searchsorted(f_at, b_start[i] - RETRY_TOLERANCE_NS, side="left"))
+        hi = int(np.searchsorted(f_at, b_start[i] + RETRY_TOLERANCE_NS, side="right"))
+        for k in range(lo, hi):
+            if not followed[k] and front_of[backs[f_idx[k]]] >= 0 and f_idx[k] != i:
+                followed[k] = True
+                front_of[backs[i]] = front_of[backs[f_idx[k]]]
+                method[backs[i]] = 1
+                break
 
 
 def backends_of(front_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

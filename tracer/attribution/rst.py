@@ -43,6 +43,14 @@ lab observed each of them with HAProxy 2.6):
    HAProxy sends to a server after its frontend stream saw a client RST or a client-side
    timeout carries that event's cause. Likewise an RST HAProxy sends to a client after the
    server reset or timed out.
+7c. **abortonclose.** With `option abortonclose` HAProxy takes a client's FIN for an abort:
+   it resets the server connection right after the FIN (within FORWARD_WINDOW_NS), before the
+   server answered and before HAProxy answered the client itself (a 504 then FIN is a server
+   timeout). HAProxy's policy ended an unanswered exchange: cause `haproxy`, a fault
+   (`haproxy_abort`, logged CC during the connect, CH while waiting for the response). A
+   client that RSTs after such a FIN is logged CH; a client that aborts while its request sat
+   in a queue (no server connection, no answer for QUEUE_WAIT_MIN_NS, on a frontend whose
+   servers have `maxconn`) is logged CQ instead of CR.
 8. **Routine closes.** HAProxy closes server connections with RST by design when it closes
    before the server's FIN (http-server-close, end of a complete exchange: no TIME_WAIT on
    HAProxy), and `option nolinger` turns every close into an RST. Such an RST after a complete,
@@ -74,6 +82,7 @@ TIMEOUT_TOLERANCE = 0.05  # |quiet - timeout| within 5% of the timeout ...
 TIMEOUT_TOLERANCE_MIN_NS = 50_000_000  # ... or 50 ms (HAProxy's timer granularity and scheduling)
 CLUSTER_TOLERANCE = 0.05
 BURST_MIN = 3  # fault RSTs on one server's connections within one second
+QUEUE_WAIT_MIN_NS = 50_000_000  # a request not served this long was held back (queued)
 TOO_FAST_MIN_RTT_NS = 200_000  # below this, timing noise exceeds the RTT: no "too fast" evidence
 
 FE_TIMEOUTS = ("http-request", "http-keep-alive", "client", "client-fin", "tunnel")
@@ -92,6 +101,7 @@ class Settings:
     fe_content_reject: np.ndarray  # ... only content-stage (logged, PR)
     fe_silent_drop: np.ndarray
     fe_deny: np.ndarray  # http-request deny / reject rules
+    fe_queue: np.ndarray  # a server it routes to has `maxconn`: its streams can be queued
     srv_http: np.ndarray
     srv_timeouts: dict[str, np.ndarray]
     srv_nolinger: np.ndarray
@@ -108,7 +118,7 @@ class Settings:
             fe_timeouts={k: np.full(nf, -1, np.int64) for k in FE_TIMEOUTS},
             fe_nolinger=np.zeros(nf, bool), fe_reject=np.zeros(nf, bool),
             fe_content_reject=np.zeros(nf, bool), fe_silent_drop=np.zeros(nf, bool),
-            fe_deny=np.zeros(nf, bool),
+            fe_deny=np.zeros(nf, bool), fe_queue=np.zeros(nf, bool),
             srv_http=np.full(ns, -1, np.int8),
             srv_timeouts={k: np.full(ns, -1, np.int64) for k in BE_TIMEOUTS},
             srv_nolinger=np.zeros(ns, bool), srv_check=np.full(ns, -1, np.int8),
@@ -514,6 +524,24 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     tag("quiet_matches_timeout", m & be_match[row], quiet[row])
     tag("quiet_cluster", m & ~be_match[row] & be_cluster[row], quiet[row])
 
+    # 7c. HAProxy reset the server connection after the client closed its side (FIN) on the
+    # joined frontend, before the server answered: `option abortonclose` takes the client's
+    # FIN for an abort (HAProxy logs CC during the connect, CH while waiting for the response)
+    # and resets the server connection right after it.
+    # HAProxy's policy ended the exchange: cause haproxy, a fault (the request went unanswered).
+    fe_fin_ts = np.where(joined, flows["fin_ts"][fe_row, 0], -1)
+    fe_first_answer = np.where(joined, tl["first_data_ts"][fe_row, 1], -1)
+    fe_answered_before_fin = (fe_first_answer >= 0) & (fe_first_answer < fe_fin_ts)  # e.g. a 504
+    srv_silent = ~((tl["first_data_ts"][row, 1] >= 0) & (tl["first_data_ts"][row, 1] <= ts))
+    # HAProxy acts on the FIN at once; a later RST (a server timeout) has another reason
+    after_fin = (haproxy_be & (fe_fin_ts >= 0) & (fe_fin_ts <= ts + PROPAGATION_SLACK_NS)
+                 & (ts - fe_fin_ts <= FORWARD_WINDOW_NS) & srv_silent & ~fe_answered_before_fin)
+    m = assign(after_fin, C["haproxy"], R["haproxy_abort"], 0.75 * ambiguous_factor,
+               by=tl["fin_frame"][fe_row, 0], by_ts=fe_fin_ts)
+    tag("client_closed_first", m)
+    tag("peer_leg_event", m)
+    aborted_on_fin = m
+
     # 8b. HAProxy opened a server connection and reset it without sending anything, and no
     # client event explains it: a connect-only health check (`check` without httpchk). HAProxy
     # opens server connections for client streams only to send them a request.
@@ -616,6 +644,29 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     # a forged RST is logged by HAProxy as an abort of the side whose address it carries
     index_of_frame = {int(f): i for i, f in enumerate(rsts["frame"].tolist())}
     forged_side = np.where(fe_leg & from_init, 1, np.where(be_leg & ~from_init, 2, 0))
+    # per stream: its first server response (any of its backends), its client's FIN
+    b_first_resp = np.full(n_f, -1, np.int64)
+    if back_order.size:
+        resp_t = tl["first_data_ts"][back_order, 1]
+        has = resp_t >= 0
+        o = np.lexsort((resp_t[has], front_of[back_order][has]))
+        fr_r = front_of[back_order][has][o]
+        first_r = np.ones(o.size, bool)
+        first_r[1:] = fr_r[1:] != fr_r[:-1]
+        b_first_resp[fr_r[first_r]] = resp_t[has][o][first_r]
+    fr_i = np.maximum(fr, 0)
+    stream_resp = np.where(fr >= 0, b_first_resp[fr_i], -1)
+    no_response_yet = (stream_resp < 0) | (stream_resp > ts)
+    client_fin_ts = np.where(fr >= 0, flows["fin_ts"][fr_i, 0], -1)
+    client_fin_first = (client_fin_ts >= 0) & (client_fin_ts <= ts)
+    # a request that waited without a server connection or an answer, on a frontend whose
+    # servers have `maxconn`: the stream was queued (CQ), not an incomplete request (CR)
+    asked = np.where(fr >= 0, tl["first_data_ts"][fr_i, 0], -1)
+    answered_fe = np.where(fr >= 0, tl["first_data_ts"][fr_i, 1], -1)
+    waited = (asked >= 0) & (ts - asked > QUEUE_WAIT_MIN_NS) & ((answered_fe < 0) | (answered_fe > ts))
+    r_fe_queue = r_fe_known & settings.fe_queue[r_fe_i]
+    queued = waited & r_fe_queue
+    be_sent_nothing = flows["payload_bytes"][row, 0] == 0
     for i in range(n_r):
         name = names[reason[i]]
         if name == "middlebox_injected":
@@ -623,7 +674,12 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
             name = {1: "client_abort", 2: "server_abort"}.get(int(forged_side[root]), name)
         state = av.REASON_TERMINATION.get(name, "")
         if name == "client_abort":
-            state = "CR" if (http_or_unknown[i] and not back_any[i] and origin[i] == 0) else "CD"
+            if http_or_unknown[i] and not back_any[i] and origin[i] == 0:
+                state = "CQ" if queued[i] else "CR"
+            elif http_or_unknown[i] and client_fin_first[i] and no_response_yet[i]:
+                state = "CH"  # the client closed while waiting for the response (abortonclose)
+            else:
+                state = "CD"
         elif name == "server_abort":
             state = "SH" if (http_or_unknown[i] and not srv_payload_before[i]) else "SD"
         elif name == "haproxy_timeout_server":
@@ -632,6 +688,8 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
             state = "--"
         elif name == "haproxy_reject" and r_fe_known[i] and settings.fe_content_reject[r_fe_i[i]]:
             state = "PR"
+        elif aborted_on_fin[i]:
+            state = "CC" if be_sent_nothing[i] else "CH"
         if is_check[i]:
             state = ""  # health checks are not streams: HAProxy logs state changes, not them
         termination.append(state)

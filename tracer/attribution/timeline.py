@@ -12,7 +12,13 @@ Facts kept per flow (TIMELINE_DTYPE):
   way) that ended at or before the first close, with the packet that ended it. A timeout
   HAProxy enforces shows as a silence as long as the timeout, ended by HAProxy's own packet
   (its 408/504, FIN or RST); a close after a complete exchange has no such silence just before;
-- first and last payload time per direction, first FIN frame per direction.
+- first and last payload time per direction, first FIN frame per direction;
+- *turns*: each time the payload changes direction (a request after a response, a response
+  after a request), the time and direction of the first payload packet of the new run. A
+  proxied exchange shows up as turns on both legs a fraction of a millisecond apart (HAProxy
+  connects right after a request's turn, and forwards a server's response turn to its client
+  at once); the leg join (tracer.attribution.join) matches them. Retransmitted payload does
+  not start a turn. Memory: one row per request or response, not per packet.
 
 Per address, the TTL / hop limit of its non-RST packets (a histogram) gives the sender's
 baseline against which an RST's TTL is compared (a middlebox forging that address sits at
@@ -40,8 +46,12 @@ TIMELINE_DTYPE = np.dtype(
         ("quiet_end_ts", np.int64), ("quiet_end_frame", np.int64), ("quiet_end_dir", np.int8),
         ("first_data_ts", np.int64, (2,)), ("last_data_ts", np.int64, (2,)),
         ("fin_frame", np.int64, (2,)),
+        ("last_data_dir", np.int8),  # direction of the latest payload (-1: none yet)
     ]
 )
+
+
+TURN_DTYPE = np.dtype([("flow_id", np.int64), ("ts_ns", np.int64), ("direction", np.int8)])
 
 
 def blank_timeline(n: int) -> np.ndarray:
@@ -50,6 +60,7 @@ def blank_timeline(n: int) -> np.ndarray:
         t[name] = -1
     t["first_close_dir"] = -1
     t["quiet_end_dir"] = -1
+    t["last_data_dir"] = -1
     return t
 
 
@@ -70,6 +81,7 @@ class Timeline:
         # address_key | ttl -> packets, as sorted unique keys with counts
         self._ttl_keys = np.zeros(0, np.uint64)
         self._ttl_counts = np.zeros(0, np.int64)
+        self._turns: list[np.ndarray] = []  # per batch: TURN_DTYPE rows
 
     def add(self, packets: np.ndarray, segments: np.ndarray) -> None:
         if segments.shape[0] == 0:
@@ -141,6 +153,25 @@ class Timeline:
             f = flow[rows]
             fresh = st["fin_frame"][f, d] == 0
             st["fin_frame"][f[fresh], d] = frame[rows[fresh]]
+        # turns: payload (not retransmitted) whose previous payload in the flow went the other way
+        fresh_data = (payload > 0) & ((seg["flags"][o] & fv.A_RETRANSMISSION) == 0)
+        idx = np.flatnonzero(fresh_data)
+        if idx.size:
+            prev_dir = np.empty(idx.size, np.int8)
+            prev_dir[1:] = direction[idx[:-1]]
+            new_flow = np.ones(idx.size, bool)
+            new_flow[1:] = flow[idx[1:]] != flow[idx[:-1]]
+            prev_dir[new_flow] = st["last_data_dir"][flow[idx[new_flow]]]
+            turn = idx[prev_dir != direction[idx]]
+            if turn.size:
+                rows_t = np.zeros(turn.size, TURN_DTYPE)
+                rows_t["flow_id"] = flow[turn]
+                rows_t["ts_ns"] = ts[turn]
+                rows_t["direction"] = direction[turn]
+                self._turns.append(rows_t)
+            last_of_flow = np.ones(idx.size, bool)
+            last_of_flow[:-1] = flow[idx[1:]] != flow[idx[:-1]]
+            st["last_data_dir"][flow[idx[last_of_flow]]] = direction[idx[last_of_flow]]
         last = np.append(firsts[1:], n) - 1
         st["last_ts"][uniq] = ts[last]
         st["seen"][uniq] = True
@@ -163,6 +194,14 @@ class Timeline:
         if n <= self.rows.shape[0]:
             return self.rows[:n]
         return np.concatenate((self.rows, blank_timeline(n - self.rows.shape[0])))
+
+    def turns(self) -> np.ndarray:
+        """Every turn so far (TURN_DTYPE), in capture order within each flow."""
+        if not self._turns:
+            return np.zeros(0, TURN_DTYPE)
+        if len(self._turns) > 1:
+            self._turns = [np.concatenate(self._turns)]
+        return self._turns[0]
 
     def ttl_baseline(self) -> tuple[np.ndarray, np.ndarray]:
         """Per address (as `address_key`, sorted): its most common TTL of non-RST packets."""
