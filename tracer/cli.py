@@ -82,6 +82,12 @@ def main() -> None:
               help="Progress on stderr (default: when stderr is a terminal).")
 @click.option("--rsts-csv", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write one CSV row per RST packet to this file.")
+@click.option("--flows-csv", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write one CSV row per flow (leg, server, loss, RTT, RSTs) to this file.")
+@click.option("--buckets-csv", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write one CSV row per time bucket (RSTs by cause, loss, RTT per leg) to this file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a self-contained HTML report with plots to this file.")
 @click.option("--join", is_flag=True,
               help="Read the files as one capture, in the order given (e.g. tcpdump -C/-G "
                    "rotations): flows continue across files, frame numbers go on counting.")
@@ -98,7 +104,8 @@ def main() -> None:
               help="HAProxy's log (httplog/tcplog, syslog-wrapped or raw, or the config's "
                    "log-format): sharpens the leg join and is compared with tracer's verdicts.")
 def analyze(files, read_files, output_format, output, engine, filter_expr, progress,
-            rsts_csv, join, jobs, haproxy_config, proxies, haproxy_log) -> None:
+            rsts_csv, flows_csv, buckets_csv, html_path, join, jobs, haproxy_config, proxies,
+            haproxy_log) -> None:
     """Analyse capture files (pcap, pcapng, gzip-compressed, or '-' for stdin)."""
     from tracer.analysis import AttributionOptions
     from tracer.attribution.config import load_config, parse_endpoint
@@ -127,6 +134,7 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
         log_entries = load_log(haproxy_log, config) if haproxy_log else None
         captures = []
         rst_tables = []
+        flow_tables = []
         partial = False
         for path in ([paths] if join else paths):
             meter = _Progress(show_progress, "<stdin>" if path == "-" else str(path))
@@ -147,9 +155,12 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
                            "the report covers the records before it", err=True)
             captures.append(summary)
             rst_tables.append((summary["path"], analysis.flows.rsts, summary.get("rst_details")))
+            flow_tables.append((summary["path"], analysis.patterns))
         document = make_document(captures)
         if rsts_csv:
             _write_with(rsts_csv, lambda target: write_rsts_csv(target, rst_tables))
+        _write_reports(document, flows_csv=flows_csv, flow_tables=flow_tables,
+                       buckets_csv=buckets_csv, html_path=html_path)
         if output_format == "json":
             text = render_json(document)
         else:
@@ -163,6 +174,74 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
         sys.exit(130)
     if partial:
         sys.exit(EXIT_PARTIAL)
+
+
+def _write_reports(document: dict, *, flows_csv: str | None = None, flow_tables: list | None = None,
+                   buckets_csv: str | None = None, html_path: str | None = None) -> None:
+    """The per-flow and per-bucket CSVs and the HTML report (tracer.report, tracer.report_html)."""
+    from tracer.report import write_buckets_csv, write_flows_csv
+
+    if flows_csv:
+        _write_with(flows_csv, lambda target: write_flows_csv(target, flow_tables or []))
+    if buckets_csv:
+        _write_with(buckets_csv, lambda target: write_buckets_csv(target, document))
+    if html_path:
+        from tracer.report_html import render_html
+
+        _write(html_path, render_html(document))
+
+
+@main.command()
+@click.argument("result", type=click.Path(allow_dash=True, dir_okay=False, readable=False))
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Report format on stdout (or -o).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+              default="-", help="Write the report here instead of stdout.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the self-contained HTML report to this file.")
+@click.option("--buckets-csv", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write one CSV row per time bucket to this file.")
+def report(result, output_format, output, html_path, buckets_csv) -> None:
+    """Render a saved `tracer analyze --format json` result again (text, JSON, HTML, bucket
+    CSV) without the capture."""
+    import json
+
+    from tracer.report import render_json, render_text
+
+    try:
+        try:
+            if result == "-":
+                document = json.load(sys.stdin)
+            else:
+                with open(result, encoding="utf-8") as fh:
+                    document = json.load(fh)
+        except FileNotFoundError:
+            raise TracerError(f"{result}: no such file") from None
+        except OSError as exc:
+            raise TracerError(f"{result}: cannot read ({exc.strerror or exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TracerError(f"{result}: not a tracer JSON result ({exc})") from None
+        if (not isinstance(document, dict) or not isinstance(document.get("captures"), list)
+                or "schema_version" not in document):
+            raise TracerError(f"{result}: not a tracer JSON result (no schema_version/captures)")
+        from tracer.analysis import SCHEMA_VERSION
+
+        if document["schema_version"] != SCHEMA_VERSION:
+            raise TracerError(f"{result}: schema version {document['schema_version']} is not "
+                              f"{SCHEMA_VERSION}, which this tracer renders")
+        try:
+            _write_reports(document, buckets_csv=buckets_csv, html_path=html_path)
+            if output_format == "json":
+                text = render_json(document)
+            else:
+                text = render_text(document, colour=output == "-" and sys.stdout.isatty())
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TracerError(f"{result}: incomplete tracer JSON result ({type(exc).__name__}: {exc})") from None
+        if html_path and output == "-" and output_format == "text" and not sys.stdout.isatty():
+            return  # the HTML was asked for: no text on a pipe unless -o says where
+        _write(output, text)
+    except TracerError as exc:
+        _fail(str(exc), exc.exit_code)
 
 
 def _check_linktypes(summary: dict) -> None:

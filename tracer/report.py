@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import textwrap
 
 from tracer import __version__
 from tracer.analysis import SCHEMA_VERSION
@@ -65,6 +66,8 @@ def render_text(document: dict, *, colour: bool = False, width: int | None = Non
         title = f"{cap['path']}  ({cap.get('format') or cap.get('engine')}"
         title += ", gzip)" if cap.get("compressed") else ")"
         out.append(_style(title, "1", colour))
+        if cap.get("findings") is not None:
+            out.extend(_findings_text(cap, colour, width))
 
         def row(label: str, value, warn: bool = False) -> None:
             lines = value if isinstance(value, list) else [str(value)]
@@ -116,6 +119,166 @@ def render_text(document: dict, *, colour: bool = False, width: int | None = Non
             row("problem", cap["problem"], warn=True)
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+SEVERITY_STYLE = {"critical": "1;41", "high": "1;31", "medium": "33", "low": "36", "info": "2"}
+MAX_TEXT_FINDINGS = 12
+
+
+def _findings_text(cap: dict, colour: bool, width: int) -> list[str]:
+    """The diagnosis first: faults ranked, then routine closes; each finding's cause, the
+    setting to check, what was seen and the action, wrapped to the width."""
+    findings = cap["findings"]
+    out = [_style("  diagnosis", "1", colour)]
+    if not findings:
+        return out + ["    no findings", ""]
+    faults = [f for f in findings if not f.get("routine")]
+    routine = [f for f in findings if f.get("routine")]
+    shown = faults[:MAX_TEXT_FINDINGS] + routine
+    wrap_w = max(40, width - 8)
+    for f in shown:
+        sev = f"{f['severity'].upper():<8}"
+        out.append(f"    {_style(sev, SEVERITY_STYLE.get(f['severity'], '0'), colour)} "
+                   f"{f['rank']}. {f['title']}")
+        setting = f.get("setting") or "-"
+        if f.get("configured"):
+            setting += f" (configured: {f['configured']})"
+        out += textwrap.wrap(f"cause {f['cause']}; check {setting}", wrap_w,
+                             initial_indent="      ", subsequent_indent="        ")
+        out += textwrap.wrap(f"seen: {f['seen']}", wrap_w, initial_indent="      ",
+                             subsequent_indent="        ")
+        out += textwrap.wrap(f"action: {f['action']}", wrap_w, initial_indent="      ",
+                             subsequent_indent="        ")
+        frames = f.get("evidence_frames") or []
+        if frames:
+            out += textwrap.wrap("frames: " + ", ".join(str(x) for x in frames), wrap_w,
+                                 initial_indent="      ", subsequent_indent="        ")
+    if len(faults) > MAX_TEXT_FINDINGS:
+        out.append(f"    ... {len(faults) - MAX_TEXT_FINDINGS} more findings in --format json / --html")
+    out += _table_text(cap, width)
+    out.append("")
+    return out
+
+
+def _table_text(cap: dict, width: int) -> list[str]:
+    """Per leg and per server: flows, RSTs, refusals, loss and handshake RTT, as a table."""
+    pat = cap.get("patterns") or {}
+    rows = [(f"leg {k}", v) for k, v in (pat.get("by_leg") or {}).items()]
+    rows += sorted(((f"{k}", v) for k, v in (pat.get("by_server") or {}).items()),
+                   key=lambda kv: (-kv[1]["rsts_fault"], kv[0]))
+    if not rows:
+        return []
+    name_w = max(12, min(34, max(len(n) for n, _ in rows)))
+    head = (f"    {'':<{name_w}} {'flows':>7} {'faults':>7} {'routine':>7} {'refused':>7} "
+            f"{'loss':>7} {'hs RTT p50/p99 ms':>18}")
+    out = ["", head[:width]]
+    for name, g in rows:
+        rtt = (g.get("rtt_ms") or {}).get("handshake_responder") or {}
+        rtt_text = ("-" if rtt.get("p50") is None else f"{rtt['p50']:.3g}/{rtt['p99']:.3g}")
+        loss = "-" if g.get("loss_rate") is None else f"{g['loss_rate'] * 100:.2f}%"
+        line = (f"    {name[:name_w]:<{name_w}} {g['flows']:>7,} {g['rsts_fault']:>7,} "
+                f"{g['rsts_routine']:>7,} {g['refused']:>7,} {loss:>7} {rtt_text:>18}")
+        out.append(line[:width])
+    return out
+
+
+FLOW_CSV_COLUMNS = (
+    "capture", "flow_id", "first_frame", "first_ts", "duration_s", "client", "client_port", "server",
+    "server_port", "state", "leg", "frontend", "server_name", "health_check", "joined_frontend_flow",
+    "backend_flows", "data_segments_initiator", "data_segments_responder", "retransmissions",
+    "lost_before_capture", "lost_after_capture", "missed_by_capture", "zero_windows",
+    "syn_retries", "unanswered_syn", "handshake_rtt_responder_ms", "handshake_rtt_initiator_ms",
+    "data_rtt_initiator_p50_ms", "data_rtt_responder_p50_ms", "rsts_fault", "rsts_routine",
+    "first_close_by", "quiet_before_close_s",
+)
+
+
+def write_flows_csv(path: str, captures: list[tuple]) -> None:
+    """One row per flow (see docs/json-schema.md). Each capture is (name, Patterns or None)."""
+    from tracer.attribution import vocab as av
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(FLOW_CSV_COLUMNS)
+        for capture, patterns in captures:
+            if patterns is None:
+                continue
+            ff = patterns.facts
+            flows = patterns.attribution.flows
+            ids = flows["flow_id"]
+            for i in range(ff.shape[0]):
+                r = ff[i]
+                f = flows[i]
+                leg = int(r["leg"])
+                peer = int(r["peer"])
+                close = int(r["first_close_dir"])
+
+                def ms(ns) -> str:
+                    return "" if ns < 0 else f"{ns / 1e6:.3f}"
+                out.writerow([
+                    capture, int(r["flow_id"]), int(r["first_frame"]), f"{int(r['first_ts']) / 1e9:.9f}",
+                    f"{int(r['duration_ns']) / 1e9:.6f}",
+                    format_address(f["initiator_hi"], f["initiator_lo"]), int(f["initiator_port"]),
+                    format_address(f["responder_hi"], f["responder_lo"]), int(f["responder_port"]),
+                    fv.FLOW_STATE_NAMES[int(r["state"])], av.LEG_NAMES[leg],
+                    patterns.frontend_names[int(r["frontend"])] if r["frontend"] >= 0 else "",
+                    patterns.server_names[int(r["server"])] if r["server"] >= 0 else "",
+                    int(bool(r["check"])), int(ids[peer]) if peer >= 0 else "", int(r["backends"]),
+                    int(r["data_segments"][0]), int(r["data_segments"][1]),
+                    int(r["retransmissions"].sum()), int(r["lost_before"].sum()),
+                    int(r["lost_after"].sum()), int(r["missed"].sum()), int(r["zero_windows"].sum()),
+                    int(r["syn_retries"]), int(bool(r["unanswered_syn"])),
+                    ms(int(r["hs_rtt_responder_ns"])), ms(int(r["hs_rtt_initiator_ns"])),
+                    ms(int(r["data_rtt_p50_ns"][0])), ms(int(r["data_rtt_p50_ns"][1])),
+                    int(r["rsts_fault"]), int(r["rsts_routine"]),
+                    fv.SIDE_NAMES[close] if close >= 0 else "",
+                    f"{int(r['quiet_ns']) / 1e9:.6f}" if r["quiet_ns"] > 0 else "",
+                ])
+
+
+BUCKET_LEG_FIELDS = ("data_segments", "retransmissions", "lost_before_capture", "lost_after_capture",
+                     "missed_by_capture", "zero_windows", "retransmission_rate", "loss_rate", "rsts_fault")
+BUCKET_RTT_KINDS = ("handshake_responder", "handshake_initiator", "data_initiator", "data_responder")
+BUCKET_CAUSES = ("client", "haproxy", "server", "network", "unknown")
+
+
+def bucket_csv_columns() -> list[str]:
+    cols = ["capture", "bucket", "start_ts", "bucket_s", "flows_started", "rsts_fault", "rsts_routine"]
+    cols += [f"rsts_{c}" for c in BUCKET_CAUSES]
+    cols += ["refused", "syn_retries", "unanswered_syns"]
+    for leg in ("frontend", "backend"):
+        cols += [f"{leg}_{k}" for k in BUCKET_LEG_FIELDS]
+        cols += [f"{leg}_rtt_{kind}_p{p}_ms" for kind in BUCKET_RTT_KINDS for p in (50, 90, 99)]
+    return cols
+
+
+def write_buckets_csv(path: str, document: dict) -> None:
+    """One row per time bucket per capture, from the document's `timeseries` (see
+    docs/json-schema.md): the same figures the JSON and HTML show."""
+    cols = bucket_csv_columns()
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(cols)
+        for cap in document["captures"]:
+            ts = cap.get("timeseries")
+            if not ts:
+                continue
+            legs = ts.get("legs") or {}
+            for i in range(ts["buckets"]):
+                row = {"capture": cap["path"], "bucket": i,
+                       "start_ts": f"{ts['start_ts'] + i * ts['bucket_s']:.6f}", "bucket_s": ts["bucket_s"],
+                       "flows_started": ts["flows_started"][i], "rsts_fault": ts["rsts_fault"][i],
+                       "rsts_routine": ts["rsts_routine"][i], "refused": ts["refused"][i],
+                       "syn_retries": ts["syn_retries"][i], "unanswered_syns": ts["unanswered_syns"][i]}
+                for c in BUCKET_CAUSES:
+                    row[f"rsts_{c}"] = (ts["rsts_by_cause"].get(c) or [0] * ts["buckets"])[i]
+                for leg, data in legs.items():
+                    for k in BUCKET_LEG_FIELDS:
+                        row[f"{leg}_{k}"] = data[k][i]
+                    for kind, pcts in (data.get("rtt_ms") or {}).items():
+                        for p in (50, 90, 99):
+                            row[f"{leg}_rtt_{kind}_p{p}_ms"] = pcts[f"p{p}"][i]
+                out.writerow(["" if row.get(c) is None else row.get(c) for c in cols])
 
 
 def write_rsts_csv(path: str, captures: list[tuple]) -> None:

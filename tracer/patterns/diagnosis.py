@@ -277,7 +277,7 @@ def _rst_groups(ctx: _Context) -> list[dict]:
             if deltas:
                 vals, cnt = np.unique(np.array(deltas), return_counts=True)
                 fill["ttl"] = (f"; TTL signature: {int(cnt.max())} of {idx.size} RSTs arrive with a TTL "
-                               f"{vals[np.argmax(cnt)]} against their purported sender's other packets")
+                               f"{vals[np.argmax(cnt)]} off their purported sender's other packets")
             fill["path"] = ("between clients and HAProxy" if leg == "frontend" else
                             "between HAProxy and its servers" if leg == "backend" else
                             "(both legs)")
@@ -666,11 +666,11 @@ def _loss(ctx: _Context) -> list[dict]:
                 server, _ = ctx.server_label(np.array([k]))
                 where = f"between HAProxy and {server}"
         # direction 0 = from the initiator (client on the frontend, HAProxy on the backend)
-        sender = ("client", "HAProxy") if leg == "frontend" else ("HAProxy", "server")
+        sender = ("the client", "HAProxy") if leg == "frontend" else ("HAProxy", "the server")
         seen = (f"{lost} segments lost of {data} data segments on the {leg} leg ({rate * 100:.2f}%): "
-                f"{int(before.sum())} lost before the capture point (sent by the {sender[1]} {int(before[1])}, "
-                f"by the {sender[0]} {int(before[0])}), {int(after.sum())} after it (resent by the "
-                f"{sender[0]} {int(after[0])}, by the {sender[1]} {int(after[1])}), {missed} missed by the "
+                f"{int(before.sum())} lost before the capture point (sent by {sender[1]} {int(before[1])}, "
+                f"by {sender[0]} {int(before[0])}), {int(after.sum())} after it (resent by "
+                f"{sender[0]} {int(after[0])}, by {sender[1]} {int(after[1])}), {missed} missed by the "
                 f"capture only; {rows.size} connections affected")
         flows = ctx.flows[rows]
         out.append(_finding(ctx, kind="loss", cause="network", setting=f"network path {where}",
