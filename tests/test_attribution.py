@@ -231,3 +231,21 @@ def test_cli_bad_attribution_inputs_are_one_line(args):
     result = _tracer("analyze", str(OUT / "nolinger.pcapng"), *args, check=False)
     assert result.returncode == 2
     assert result.stderr.startswith("tracer: error: ") and result.stderr.count("\n") == 1
+
+
+def test_health_checks_are_told_apart_by_their_timer():
+    """Connections to a destination opened every `inter` are health checks; connections that
+    follow clients' requests are not, however regular the clients (coefficient of variation
+    of the gaps; the lab's check destinations are at <= 0.03, its server ports >= 0.29)."""
+    import numpy as np
+
+    from tracer.attribution.topology import _on_a_timer
+
+    rng = np.random.default_rng(1)
+    checks = np.arange(20) * 1_000_000_000 + rng.integers(0, 5_000_000, 20)  # inter 1s, jitter
+    served = np.cumsum(rng.exponential(200_000_000, 20)).astype(np.int64)  # client-driven
+    scheduled = np.arange(20) * 250_000_000 + rng.integers(0, 100_000_000, 20)
+    start = np.concatenate((checks, served, scheduled))
+    group = np.repeat(np.arange(3), 20)
+    assert _on_a_timer(start, group).tolist() == [True, False, False]
+    assert not _on_a_timer(checks[:4], np.zeros(4, np.int64))[0]  # too few to say

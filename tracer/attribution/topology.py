@@ -20,6 +20,12 @@ Rules: a topology comes from one of three sources, in this order of trust:
    small against the median spacing of A's accepts (LAG_SHARE_MAX) and under LAG_MAX_NS. Where
    no pair passes (a busy proxy, keep-alive everywhere), `--proxy` says it.
 
+Health checks: HAProxy's checks to a `check port` open on a timer (`inter`), serve no client
+and must stay out of the join. Without the config, a destination whose connections open at
+near-constant gaps (TIMER_CV_MAX) is a check destination, however often its connections
+happen to nest in client connections in busy traffic; the destinations that serve clients
+are the others that nest.
+
 Each flow then gets a leg: frontend (its responder is a frontend endpoint), backend (its
 responder is a server endpoint, or its initiator is a HAProxy backend-side address and it is
 not a frontend flow), or unknown.
@@ -43,6 +49,8 @@ MIN_NESTED_FLOWS = 3
 MIN_BACKEND_SHARE = 0.2
 LAG_SHARE_MAX = 0.25  # median trigger->SYN lag against the median spacing of accepts
 LAG_MAX_NS = 1_000_000_000
+TIMER_MIN_GAPS = 5  # connections to one destination needed to call it timer-driven
+TIMER_CV_MAX = 0.1  # coefficient of variation of their gaps at most this: health checks
 
 
 @dataclass
@@ -278,8 +286,28 @@ def _nested_by_destination(flows: np.ndarray, mine: np.ndarray, start: np.ndarra
     _, inv = np.unique(dest, return_inverse=True)
     inv = inv.ravel()
     share = np.bincount(inv, weights=nested) / np.bincount(inv)
-    keep = share[inv] >= share_min
+    keep = (share[inv] >= share_min) & ~_on_a_timer(start[idx], inv)[inv]
     return idx[keep], nested[keep]
+
+
+def _on_a_timer(start: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Per group (destination): are its connections opened on a timer? Health checks run
+    every `inter` (HAProxy's default 2 s), so the gaps between a check destination's
+    connections barely vary (lab: coefficient of variation <= 0.03); connections that serve
+    clients follow the clients' requests (lab: >= 0.29, even with scheduled clients)."""
+    n_groups = int(group.max()) + 1 if group.size else 0
+    o = np.lexsort((start, group))
+    g, t = group[o], start[o]
+    same = g[1:] == g[:-1]
+    gaps = (t[1:] - t[:-1]).astype(np.float64)[same]
+    gg = g[1:][same]
+    count = np.bincount(gg, minlength=n_groups)
+    total = np.bincount(gg, weights=gaps, minlength=n_groups)
+    squares = np.bincount(gg, weights=gaps * gaps, minlength=n_groups)
+    mean = total / np.maximum(count, 1)
+    var = np.maximum(squares / np.maximum(count, 1) - mean * mean, 0.0)
+    cv = np.sqrt(var) / np.maximum(mean, 1.0)
+    return (count >= TIMER_MIN_GAPS) & (cv <= TIMER_CV_MAX)
 
 
 def _destinations(flows: np.ndarray, rows: np.ndarray) -> set[tuple[int, int, int]]:
