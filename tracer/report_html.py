@@ -17,8 +17,9 @@ from __future__ import annotations
 import html
 import math
 
-WIDTH, HEIGHT = 900, 220
-MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 56, 150, 14, 30
+WIDTH, HEIGHT = 1000, 220
+FINDINGS_OPEN = 6  # findings shown at once; the rest behind a <details>
+MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 56, 220, 14, 30
 CAUSE_COLOURS = {"client": "#1f77b4", "haproxy": "#9467bd", "server": "#d62728", "network": "#ff7f0e",
                  "unknown": "#7f7f7f", "routine": "#c7c7c7"}
 LINE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -305,7 +306,9 @@ def _findings_html(cap: dict) -> str:
     if not findings:
         return '<p class="muted">No findings.</p>'
     out = ['<p><button data-toggle=".finding.routine" aria-pressed="false">hide routine</button></p>']
-    for f in findings:
+    for i, f in enumerate(findings):
+        if i == FINDINGS_OPEN and len(findings) > FINDINGS_OPEN:
+            out.append(f"<details><summary>{len(findings) - FINDINGS_OPEN} more findings</summary>")
         colour = SEVERITY_COLOURS.get(f["severity"], "#999")
         setting = f.get("setting")
         configured = f.get("configured")
@@ -324,6 +327,8 @@ def _findings_html(cap: dict) -> str:
             + f' · window {e(window)}</div>'
             f'<p><b>Seen:</b> {e(f["seen"])}</p><p><b>Action:</b> {e(f["action"])}</p>'
             f'<p class="meta">evidence frames: {e(frames)}</p></div>')
+    if len(findings) > FINDINGS_OPEN:
+        out.append("</details>")
     return "".join(out)
 
 
