@@ -7,9 +7,12 @@ Rules:
 - An RST is counted once, when it is *settled*: its flow was finished by the flow stage (closed
   and quiet for the tracker's `closed_timeout`, or idle-evicted) and the capture has gone on
   `settle_s` more, so the flows on the other leg that HAProxy closed with it are finished too
-  and the leg join sees them. Its attribution is then fixed and never revised. RST packets are
+  and the leg join sees them. `settle_s` is the longest a stream can wait for a server
+  connection (`settle_for`: the config's timeout queue/connect and retries, else 10 s, the
+  join's own default): a client that gave up while queued is joined to the server connection
+  HAProxy opens for its slot later, and that connection must be in the table. Its attribution is then fixed and never revised. RST packets are
   also counted at once, unattributed (`rst_packets`), so the view shows a burst in the window
-  it happens; causes follow `closed_timeout + settle_s` (about 13 s) later.
+  it happens; causes follow `closed_timeout + settle_s` (about 20 s) later.
 - Each settling pass runs `tracer.attribution.attribute` on the *context* of the RSTs it
   settles: the finished flows that ended at most `context_s` before the earliest of them began,
   so the cost of a pass follows the recent flow rate, not the run's length.
@@ -42,10 +45,11 @@ from tracer.flows.tables import (
 )
 from tracer.packet import DecodeCounts, format_address
 
-SETTLE_S = 3.0
+SETTLE_S = 10.0  # the join's default queue grace (tracer.attribution.join.QUEUE_GRACE_NS)
 CONTEXT_S = 60.0
 MAX_FLOWS = 200_000
 NEWEST_FINDINGS = 8
+QUIET_ADVANCE_NS = 1_000_000_000  # a link quiet for longer moves the flow stage's clock on
 WINDOW_RTT_SAMPLES = 100_000  # per (kind, leg) and window: a uniform subset past this
 
 # Prometheus-style histogram bounds ("le"), seconds; the last bucket is +Inf.
@@ -99,14 +103,28 @@ def _names(codes: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
     return np.asarray(names, dtype=object)[codes]
 
 
+def settle_for(options: AttributionOptions, floor_s: float = SETTLE_S) -> float:
+    """Seconds to wait after a flow's end: the longest queue wait the config allows (timeout
+    queue, else timeout connect, plus a connect timeout per retry), at least `floor_s`."""
+    config = options.config
+    longest_ns = 0
+    for proxy in (config.proxies if config is not None else []):
+        t = proxy.timeouts_ns
+        longest_ns = max(longest_ns, t.get("queue", t.get("connect", 0))
+                         + t.get("connect", 0) * (1 + (proxy.retries or 0)))
+    return max(floor_s, longest_ns / 1e9)
+
+
 class LiveAnalysis:
     """Feed `add` with decoded batches; call `tick` once per interval; `finish` at the end."""
 
     def __init__(self, label: str, options: AttributionOptions | None = None, *,
-                 settle_s: float = SETTLE_S, context_s: float = CONTEXT_S,
+                 settle_s: float | None = None, context_s: float = CONTEXT_S,
                  max_flows: int = MAX_FLOWS) -> None:
         self.label = label
         self.options = options or AttributionOptions()
+        if settle_s is None:
+            settle_s = settle_for(self.options)
         self.settle_ns = int(settle_s * 1e9)
         self.context_ns = int(context_s * 1e9)
         self.max_flows = max_flows
@@ -133,8 +151,15 @@ class LiveAnalysis:
 
     # -- per interval ----------------------------------------------------------------------------
 
-    def tick(self) -> tuple[Tally, Tally]:
-        """Settle what can be settled; return (this window, since start) and open a new window."""
+    def tick(self, now_ns: int | None = None) -> tuple[Tally, Tally]:
+        """Settle what can be settled; return (this window, since start) and open a new window.
+
+        `now_ns`: the wall clock of the capturing host (the clock of the capture timestamps).
+        Time in the flow stage moves with packets; on a link gone quiet it would stand still
+        and the last flows would never finish, so a clock ahead of the last packet by more
+        than QUIET_ADVANCE_NS moves it on (see `_advance`)."""
+        if now_ns is not None:
+            self._advance(now_ns)
         self._settle(final=False)
         if self.generation.flows.flows.shape[0] >= self.max_flows:
             self._settle(final=True)
@@ -165,6 +190,19 @@ class LiveAnalysis:
         return summary
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _advance(self, now_ns: int) -> None:
+        tracker = self.generation.flows
+        if tracker.latest_ts < 0 or now_ns - tracker.latest_ts < QUIET_ADVANCE_NS:
+            return
+        advance = getattr(tracker, "advance", None)
+        if advance is not None:
+            advance(now_ns)
+            return
+        # FlowTracker has no public clock: evict as its own `add` would with a packet at
+        # now_ns (asked of the flow stage's owner as `FlowTracker.advance(now_ns)`).
+        tracker.latest_ts = now_ns
+        tracker._evict(finish=False)
 
     def _new_generation(self) -> None:
         self.generation = CaptureAnalysis(path=self.label, engine="native", options=self.options)

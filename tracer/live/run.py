@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from tracer.analysis import AttributionOptions
 from tracer.live.capture import Capture
-from tracer.live.rolling import CONTEXT_S, MAX_FLOWS, SETTLE_S, LiveAnalysis
+from tracer.live.rolling import CONTEXT_S, MAX_FLOWS, LiveAnalysis
 from tracer.live.source import END, HANDOFF_BATCHES, CaptureWriter, Handoff, StreamReader
 from tracer.live.view import render_jsonl, render_text, window_document
 
@@ -45,7 +45,7 @@ class LiveSettings:
     snaplen: int = 256
     buffer_mb: int = 32
     attribution: AttributionOptions = field(default_factory=AttributionOptions)
-    settle_s: float = SETTLE_S
+    settle_s: float | None = None  # None: tracer.live.rolling.settle_for the config
     context_s: float = CONTEXT_S
     max_flows: int = MAX_FLOWS
     handoff_batches: int = HANDOFF_BATCHES
@@ -139,7 +139,7 @@ async def run_live(settings: LiveSettings) -> LiveResult:
                 else:
                     analysis.add(*item)
             if time.monotonic() >= next_tick and not done:
-                window, total = analysis.tick()
+                window, total = analysis.tick(time.time_ns())
                 behind = handoff.dropped_frames > dropped_before
                 dropped_before = handoff.dropped_frames
                 _emit(settings, output, analysis, window, total, labels, metrics,
