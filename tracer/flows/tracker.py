@@ -45,6 +45,7 @@ import numpy as np
 from tracer.decode.vocab import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2
 from tracer.flows import segments as sg
 from tracer.flows import vocab as v
+from tracer.flows.slots import SlotTable, usable
 from tracer.flows.tables import (
     FLOW_DTYPE,
     NO_SEQ,
@@ -156,8 +157,9 @@ class FlowTracker:
         self.keep_segments = keep_segments
         self.state = blank_state(1024)
         self.in_use = np.zeros(1024, bool)
-        self.sorted_keys = np.empty(0, np.uint64)
-        self.sorted_slots = np.empty(0, np.int64)
+        self._free = np.arange(1024)  # slots not in use (blank)
+        self._table = SlotTable()  # endpoint key -> slot
+        self._slot_key = np.zeros(1024, np.uint64)  # each slot's key in the table
         self.next_flow_id = 0
         self._new_flow_frames: list[np.ndarray] = []  # first frame of each new flow, by id
         self.counts = FlowCounts()
@@ -196,7 +198,9 @@ class FlowTracker:
 
     @property
     def flows(self) -> np.ndarray:
-        return _concat(self._flows, FLOW_DTYPE)
+        """Finished flows (with `keep_flows`), by flow id."""
+        rows = _concat(self._flows, FLOW_DTYPE)
+        return rows[np.argsort(rows["flow_id"], kind="stable")]
 
     @property
     def rsts(self) -> np.ndarray:
@@ -252,44 +256,40 @@ class FlowTracker:
 
     def _slots(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key, a_is_src, a, b = _endpoint_key(p)
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        pos_c, found = _find(self.sorted_keys, uniq)
-        slot_u = np.empty(uniq.shape[0], np.int64)
-        slot_u[found] = self.sorted_slots[pos_c[found]]
-        new = np.flatnonzero(~found)
-        if new.size:
-            fresh = self._allocate(new.size)
-            slot_u[new] = fresh
-            rows = first[new]
-            st = self.state  # free slots are blank (see _evict)
+        key = usable(key)
+        slot = self._table.lookup(key)
+        st = self.state
+        found = slot >= 0
+        if not found.all():
+            missing = np.flatnonzero(~found)
+            uniq, first, inverse = np.unique(key[missing], return_index=True,
+                                             return_inverse=True)
+            fresh = self._allocate(uniq.size)
+            st = self.state  # _allocate may have grown it; free slots are blank (see _evict)
+            rows = missing[first]
             st["a_hi"][fresh], st["a_lo"][fresh], st["a_port"][fresh] = a[0][rows], a[1][rows], a[2][rows]
             st["b_hi"][fresh], st["b_lo"][fresh], st["b_port"][fresh] = b[0][rows], b[1][rows], b[2][rows]
-            # uniq is sorted, so the new keys merge in with one search.
-            at = np.searchsorted(self.sorted_keys, uniq[new])
-            self.sorted_keys = np.insert(self.sorted_keys, at, uniq[new])
-            self.sorted_slots = np.insert(self.sorted_slots, at, fresh)
+            self._table.insert(uniq, fresh)
+            self._slot_key[fresh] = uniq
+            slot[missing] = fresh[inverse.reshape(-1)]
         # Two 4-tuples with one 64-bit hash (odds ~ flows**2 / 2**65) would share a slot:
         # compare the endpoints and count such packets rather than merge them silently.
-        known = np.flatnonzero(found)
-        if known.size:
-            rows, slots = first[known], slot_u[known]
-            st = self.state
-            same = ((st["a_hi"][slots] == a[0][rows]) & (st["a_lo"][slots] == a[1][rows])
-                    & (st["a_port"][slots] == a[2][rows]) & (st["b_hi"][slots] == b[0][rows])
-                    & (st["b_lo"][slots] == b[1][rows]) & (st["b_port"][slots] == b[2][rows]))
-            if not same.all():
-                clash = np.isin(inverse, known[~same])
-                self.counts.hash_collisions += int(clash.sum())
-        return slot_u[inverse], a_is_src
+        same = ((st["a_hi"][slot] == a[0]) & (st["a_lo"][slot] == a[1])
+                & (st["a_port"][slot] == a[2]) & (st["b_hi"][slot] == b[0])
+                & (st["b_lo"][slot] == b[1]) & (st["b_port"][slot] == b[2]))
+        if not same.all():
+            self.counts.hash_collisions += int(np.count_nonzero(~same))
+        return slot, a_is_src
 
     def _allocate(self, n: int) -> np.ndarray:
-        free = np.flatnonzero(~self.in_use)
-        if free.size < n:
-            grow = max(self.state.shape[0], n)
+        if self._free.size < n:
+            size = self.state.shape[0]
+            grow = max(size, n)
             self.state = self.state.concatenate(blank_state(grow))
             self.in_use = np.concatenate((self.in_use, np.zeros(grow, bool)))
-            free = np.flatnonzero(~self.in_use)
-        chosen = free[:n]
+            self._slot_key = np.concatenate((self._slot_key, np.zeros(grow, np.uint64)))
+            self._free = np.concatenate((self._free, np.arange(size, size + grow)))
+        chosen, self._free = self._free[:n], self._free[n:]
         self.in_use[chosen] = True
         return chosen
 
@@ -1316,9 +1316,8 @@ class FlowTracker:
         gone = active[done]
         self._emit_flows(st[gone])
         self.in_use[gone] = False
-        keep = ~np.isin(self.sorted_slots, gone)
-        self.sorted_keys = self.sorted_keys[keep]
-        self.sorted_slots = self.sorted_slots[keep]
+        self._free = np.concatenate((self._free, gone))
+        self._table.delete(self._slot_key[gone])
         st[gone] = blank_state(gone.size)
         alive_ids = st["flow_id"][self.in_use]
         if self._rst_watch.size:
