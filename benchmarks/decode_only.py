@@ -36,6 +36,7 @@ def decode_file(path: str, *, flows: bool = False, jobs: int = 1) -> dict[str, f
     from tracer.decode import decode_frames
     from tracer.flows import FlowTracker
     from tracer.parallel import ShardedFlowTracker
+    from tracer.pipeline import coalesced
     from tracer.source import open_capture
 
     # As `tracer analyze` runs it: finished-flow rows are counted, not kept.
@@ -50,14 +51,16 @@ def decode_file(path: str, *, flows: bool = False, jobs: int = 1) -> dict[str, f
     peak_anon_kb = 0
     started = time.perf_counter()
     with open_capture(path) as reader:
-        for batch in reader.batches():
-            packets, counts = decode_frames(batch)
+        decoded = (decode_frames(batch) for batch in reader.batches())
+        if tracker is not None:
+            decoded = coalesced(decoded)  # as the pipeline feeds the flow stage
+        for packets, counts in decoded:
             if tracker is not None:
                 tracker.add(packets)
             frames += counts.frames
             tcp_packets += len(packets)
             batches += 1
-            del batch, packets
+            del packets
             peak_anon_kb = max(peak_anon_kb, _memory_kb().get("RssAnon", 0))
     if tracker is not None:
         tracker.finish()

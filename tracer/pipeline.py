@@ -88,6 +88,31 @@ async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object]
             producer.result()  # re-raise what the producer thread raised, if anything
 
 
+# The flow stage pays a fixed cost per batch (a few thousand numpy calls), so small batches,
+# such as the tail of each mapped window of a file, are joined to the next one.
+COALESCE_ROWS = 32768
+
+
+def coalesced(batches: Iterator[tuple[np.ndarray, DecodeCounts]],
+              min_rows: int = COALESCE_ROWS) -> Iterator[tuple[np.ndarray, DecodeCounts]]:
+    """Decoded batches of at least `min_rows` packets (the last one may be smaller), in order."""
+    held: list[np.ndarray] = []
+    counts: DecodeCounts | None = None
+    rows = 0
+    for packets, more in batches:
+        held.append(packets)
+        if counts is None:
+            counts = more
+        else:
+            counts.merge(more)
+        rows += packets.shape[0]
+        if rows >= min_rows:
+            yield (held[0] if len(held) == 1 else np.concatenate(held)), counts
+            held, counts, rows = [], None, 0
+    if counts is not None:
+        yield (held[0] if len(held) == 1 else np.concatenate(held)), counts
+
+
 async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = None,
                          filter_expr: str | None = None,
                          progress: Progress | None = None,
@@ -127,8 +152,7 @@ async def _analyze_native(paths, labels, options, tracker, packet_filter, filter
             def decoded(reader=reader) -> Iterator[tuple]:
                 # Decoding in the reader's thread overlaps it with the flow stage of the
                 # previous batch (numpy releases the GIL in both).
-                for frames in reader.batches():
-                    yield decode_frames(frames)
+                return coalesced(decode_frames(frames) for frames in reader.batches())
 
             def handle(item, reader=reader) -> None:
                 packets, counts = item
