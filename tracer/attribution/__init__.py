@@ -11,6 +11,8 @@ was given. Modules: config (haproxy.cfg), logs (HAProxy log lines), topology (ro
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +28,7 @@ from tracer.attribution.rst import (
     attribute_rsts,
     host_min_rtt,
 )
-from tracer.attribution.timeline import Timeline
+from tracer.attribution.timeline import Timeline, address_key, ttl_baseline
 from tracer.attribution.topology import (
     FlowRoles,
     Topology,
@@ -184,7 +186,7 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
         log_report = apply_log_join(log_entries, flows, roles, join, topo)
     _routed_server(topo, settings, roles, join)
     result = attribute_rsts(rsts, flows, tl, roles.leg, roles.frontend, roles.server, join, settings,
-                            timeline.ttl_baseline(), host_min_rtt(rtts, flows), check=roles.check)
+                            ttl_baseline(flows, tl), host_min_rtt(rtts, flows), check=roles.check)
     attribution = Attribution(topology=topo, flows=flows, roles=roles, join=join, rsts=rsts,
                               result=result)
     if log_entries is not None:
@@ -198,23 +200,27 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
 def summary(a: Attribution) -> dict:
     """The attribution part of a capture's JSON document (see docs/json-schema.md)."""
     t = a.result.table
-    names = av.REASON_NAMES
-    by_cause: dict[str, int] = {}
-    by_reason: dict[str, int] = {}
-    by_leg: dict[str, int] = {}
-    by_server: dict[str, dict[str, int]] = {}
     faults = int((~t["routine"]).sum())
-    for i in range(t.shape[0]):
-        cause = av.CAUSE_NAMES[t["cause"][i]]
-        kind = "routine" if t["routine"][i] else "fault"
-        by_cause.setdefault(cause, {"fault": 0, "routine": 0})[kind] += 1
-        by_reason[names[t["reason"][i]]] = by_reason.get(names[t["reason"][i]], 0) + 1
-        by_leg[av.LEG_NAMES[t["leg"][i]]] = by_leg.get(av.LEG_NAMES[t["leg"][i]], 0) + 1
-        srv = t["server"][i]
-        if srv >= 0:
-            key = _server_name(a, int(srv))
-            entry = by_server.setdefault(key, {"fault": 0, "routine": 0})
-            entry[kind] += 1
+    kind = np.where(t["routine"], 1, 0)  # 0 fault, 1 routine
+    by_cause: dict[str, dict[str, int]] = {}
+    cause_kind = np.bincount(t["cause"].astype(np.int64) * 2 + kind, minlength=2 * len(av.CAUSE_NAMES))
+    for c, name in enumerate(av.CAUSE_NAMES):
+        if cause_kind[2 * c] or cause_kind[2 * c + 1]:
+            by_cause[name] = {"fault": int(cause_kind[2 * c]), "routine": int(cause_kind[2 * c + 1])}
+    reasons = np.bincount(t["reason"], minlength=len(av.REASON_NAMES))
+    by_reason = {av.REASON_NAMES[r]: int(reasons[r]) for r in np.argsort(-reasons, kind="stable") if reasons[r]}
+    legs = np.bincount(t["leg"], minlength=len(av.LEG_NAMES))
+    by_leg = {av.LEG_NAMES[g]: int(legs[g]) for g in range(len(av.LEG_NAMES)) if legs[g]}
+    by_server: dict[str, dict[str, int]] = {}
+    on = t["server"] >= 0
+    if on.any():
+        n_srv = int(t["server"].max()) + 1
+        counts = np.bincount(t["server"][on].astype(np.int64) * 2 + kind[on], minlength=2 * n_srv)
+        for srv in range(n_srv):
+            if counts[2 * srv] or counts[2 * srv + 1]:
+                entry = by_server.setdefault(_server_name(a, srv), {"fault": 0, "routine": 0})
+                entry["fault"] += int(counts[2 * srv])
+                entry["routine"] += int(counts[2 * srv + 1])
     return {
         "topology": a.topology.describe(),
         "join": a.join.stats,
@@ -223,7 +229,7 @@ def summary(a: Attribution) -> dict:
             "faults": faults,
             "routine": int(t.shape[0] - faults),
             "by_cause": by_cause,
-            "by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+            "by_reason": by_reason,
             "by_leg": by_leg,
             "by_server": by_server,
         },
@@ -233,34 +239,72 @@ def summary(a: Attribution) -> dict:
 
 
 def rst_rows(a: Attribution) -> list[dict]:
-    """One dict per RST (JSON `rst_details` and the CSV's attribution columns)."""
+    """One dict per RST (JSON `rst_details` and the CSV's attribution columns). Columns are
+    prepared as whole arrays (names looked up by index arrays); only the dicts are per RST."""
     t = a.result.table
     r = a.rsts
-    src = [format_address(h, lo) for h, lo in zip(r["src_hi"].tolist(), r["src_lo"].tolist(), strict=True)]
-    dst = [format_address(h, lo) for h, lo in zip(r["dst_hi"].tolist(), r["dst_lo"].tolist(), strict=True)]
-    out = []
-    for i in range(t.shape[0]):
-        out.append({
-            "frame": int(t["frame"][i]),
-            "ts": int(r["ts_ns"][i]) / 1e9,
-            "src": src[i],
-            "sport": int(r["sport"][i]),
-            "dst": dst[i],
-            "dport": int(r["dport"][i]),
-            "leg": av.LEG_NAMES[t["leg"][i]],
-            "sender": av.ROLE_NAMES[t["sender"][i]],
-            "cause": av.CAUSE_NAMES[t["cause"][i]],
-            "routine": bool(t["routine"][i]),
-            "origin": av.ORIGIN_NAMES[t["origin"][i]],
-            "caused_by_frame": int(t["caused_by_frame"][i]) or None,
-            "delay_s": (int(t["delay_ns"][i]) / 1e9) if t["caused_by_frame"][i] else None,
-            "reason": av.REASON_NAMES[t["reason"][i]],
-            "termination_state": a.result.termination[i],
-            "confidence": round(float(t["confidence"][i]), 3),
-            "server": _server_name(a, int(t["server"][i])),
-            "evidence": a.result.evidence[i],
-        })
-    return out
+    n = t.shape[0]
+    if n == 0:
+        return []
+    src = _addresses_text(r["src_hi"], r["src_lo"])
+    dst = _addresses_text(r["dst_hi"], r["dst_lo"])
+    caused = t["caused_by_frame"]
+    by = np.where(caused > 0, caused, 0).astype(object)
+    by[caused <= 0] = None
+    delay = np.where(caused > 0, t["delay_ns"] / 1e9, 0.0).astype(object)
+    delay[caused <= 0] = None
+    servers = np.array([_server_name(a, k) for k in range(len(a.topology.servers))] + [None], object)
+    with _no_gc():
+        return _rows(a, t, r, src, dst, by, delay, servers)
+
+
+def _rows(a, t, r, src, dst, by, delay, servers) -> list[dict]:
+    names = lambda table, codes: np.array(table, object)[codes].tolist()  # noqa: E731
+    evidence = a.result.evidence
+    ev = evidence[:] if hasattr(evidence, "text") else list(evidence)
+    columns = {
+        "frame": t["frame"].tolist(),
+        "ts": (r["ts_ns"] / 1e9).tolist(),
+        "src": src,
+        "sport": r["sport"].tolist(),
+        "dst": dst,
+        "dport": r["dport"].tolist(),
+        "leg": names(av.LEG_NAMES, t["leg"]),
+        "sender": names(av.ROLE_NAMES, t["sender"]),
+        "cause": names(av.CAUSE_NAMES, t["cause"]),
+        "routine": t["routine"].tolist(),
+        "origin": names(av.ORIGIN_NAMES, t["origin"]),
+        "caused_by_frame": by.tolist(),
+        "delay_s": delay.tolist(),
+        "reason": names(av.REASON_NAMES, t["reason"]),
+        "termination_state": list(a.result.termination),
+        "confidence": np.round(t["confidence"].astype(np.float64), 3).tolist(),
+        "server": servers[np.where(t["server"] >= 0, t["server"], -1)].tolist(),
+        "evidence": ev,
+    }
+    keys = list(columns)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+@contextmanager
+def _no_gc():
+    """Millions of small lists and dicts, none cyclic: the cyclic collector's passes over them
+    would cost more than building them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _addresses_text(hi: np.ndarray, lo: np.ndarray) -> list[str]:
+    """Addresses as text, formatted once per distinct address."""
+    key = address_key(hi, lo) | (lo & np.uint64(0xFF))  # the hash keeps 56 bits; add lo's last byte
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    text = np.array([format_address(int(hi[i]), int(lo[i])) for i in first.tolist()], object)
+    return text[inverse.ravel()].tolist()
 
 
 def _server_name(a: Attribution, index: int) -> str | None:

@@ -63,6 +63,7 @@ lab observed each of them with HAProxy 2.6):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,7 +150,7 @@ ATTR_DTYPE = np.dtype(
 class RstAttribution:
     table: np.ndarray  # ATTR_DTYPE, aligned with the RST table
     termination: list[str]
-    evidence: list[list[str]]
+    evidence: Evidence | list[list[str]]
     notes: list[str] = field(default_factory=list)
 
 
@@ -639,10 +640,7 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     stream_answered = (fr >= 0) & answered[np.maximum(fr, 0)]
     http_or_unknown = fe_flow_http != 0
     srv_payload_before = (tl["first_data_ts"][row, 1] >= 0) & (tl["first_data_ts"][row, 1] < ts)
-    termination: list[str] = []
-    names = av.REASON_NAMES
     # a forged RST is logged by HAProxy as an abort of the side whose address it carries
-    index_of_frame = {int(f): i for i, f in enumerate(rsts["frame"].tolist())}
     forged_side = np.where(fe_leg & from_init, 1, np.where(be_leg & ~from_init, 2, 0))
     # per stream: its first server response (any of its backends), its client's FIN
     b_first_resp = np.full(n_f, -1, np.int64)
@@ -667,51 +665,110 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     r_fe_queue = r_fe_known & settings.fe_queue[r_fe_i]
     queued = waited & r_fe_queue
     be_sent_nothing = flows["payload_bytes"][row, 0] == 0
-    for i in range(n_r):
-        name = names[reason[i]]
-        if name == "middlebox_injected":
-            root = index_of_frame.get(int(caused_by[i]), i) if origin[i] else i
-            name = {1: "client_abort", 2: "server_abort"}.get(int(forged_side[root]), name)
-        state = av.REASON_TERMINATION.get(name, "")
-        if name == "client_abort":
-            if http_or_unknown[i] and not back_any[i] and origin[i] == 0:
-                state = "CQ" if queued[i] else "CR"
-            elif http_or_unknown[i] and client_fin_first[i] and no_response_yet[i]:
-                state = "CH"  # the client closed while waiting for the response (abortonclose)
-            else:
-                state = "CD"
-        elif name == "server_abort":
-            state = "SH" if (http_or_unknown[i] and not srv_payload_before[i]) else "SD"
-        elif name == "haproxy_timeout_server":
-            state = "sH" if (http_or_unknown[i] and not srv_payload_before[i]) else "sD"
-        elif name == "server_refused" and stream_answered[i]:
-            state = "--"
-        elif name == "haproxy_reject" and r_fe_known[i] and settings.fe_content_reject[r_fe_i[i]]:
-            state = "PR"
-        elif aborted_on_fin[i]:
-            state = "CC" if be_sent_nothing[i] else "CH"
-        if is_check[i]:
-            state = ""  # health checks are not streams: HAProxy logs state changes, not them
-        termination.append(state)
+    # A forged RST is logged by HAProxy as an abort of the side whose address it carries;
+    # a propagated one by the side of the forged RST at the root of its chain.
+    by_frame = np.argsort(rsts["frame"], kind="stable")
+    at = np.minimum(np.searchsorted(rsts["frame"][by_frame], caused_by), n_r - 1)
+    root = np.where((origin != 0) & (rsts["frame"][by_frame][at] == caused_by), by_frame[at], np.arange(n_r))
+    eff = reason.astype(np.int64)
+    forged = eff == R["middlebox_injected"]
+    eff = np.where(forged & (forged_side[root] == 1), R["client_abort"],
+                   np.where(forged & (forged_side[root] == 2), R["server_abort"], eff))
+    state = np.array([av.REASON_TERMINATION.get(name, "") for name in av.REASON_NAMES], "U2")[eff]
+    is_ca = eff == R["client_abort"]
+    srv_side = (eff == R["server_abort"]) | (eff == R["haproxy_timeout_server"])
+    no_request_stage = is_ca & http_or_unknown & ~back_any & (origin == 0)
+    rules = [  # (mask, state), first match wins
+        (no_request_stage & queued, "CQ"),
+        (no_request_stage, "CR"),
+        (is_ca & http_or_unknown & client_fin_first & no_response_yet, "CH"),  # abortonclose
+        (is_ca, "CD"),
+        (srv_side & http_or_unknown & ~srv_payload_before, "H"),  # SH / sH: no response header yet
+        (srv_side, "D"),
+        ((eff == R["server_refused"]) & stream_answered, "--"),
+        ((eff == R["haproxy_reject"]) & r_fe_known & settings.fe_content_reject[r_fe_i], "PR"),
+        (aborted_on_fin & be_sent_nothing, "CC"),
+        (aborted_on_fin, "CH"),
+    ]
+    first_letter = np.where(eff == R["server_abort"], "S", "s")
+    for mask, value in reversed(rules):
+        state = np.where(mask, np.strings.add(first_letter, value) if value in ("H", "D") else value, state)
+    state[is_check] = ""  # health checks are not streams: HAProxy logs state changes, not them
+    termination = state.tolist()
+    evidence = _evidence_text(tags, rsts["phase"], caused_by, n_r)
+    return RstAttribution(out, termination, Evidence(evidence))
 
-    # -- evidence lists --------------------------------------------------------------------------
-    evidence: list[list[str]] = [[] for _ in range(n_r)]
-    for name, mask, values in tags:
-        for i in np.flatnonzero(mask).tolist():
+
+SECONDS_TAGS = ("quiet_matches_timeout", "quiet_cluster", "age_matches_timeout", "age_cluster")
+MILLISECONDS_TAGS = ("faster_than_rtt",)
+
+
+class Evidence(Sequence):
+    """Per RST, its evidence tags, kept as one ';'-joined string per RST (built with numpy
+    string operations); indexing gives the list of tags."""
+
+    def __init__(self, text: np.ndarray) -> None:
+        self.text = text
+
+    def __len__(self) -> int:
+        return int(self.text.shape[0])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [str(t).split(";") for t in self.text[i].tolist()]
+        return str(self.text[i]).split(";")
+
+
+def _decimal(values: np.ndarray, unit_ns: float, suffix: str) -> np.ndarray:
+    """values (ns) in `unit_ns` units with 3 decimals, as strings, without a Python loop."""
+    milli = np.rint(values.astype(np.float64) / (unit_ns / 1000)).astype(np.int64)
+    sign = np.where(milli < 0, "-", "")
+    milli = np.abs(milli)
+    whole = (milli // 1000).astype(np.dtypes.StringDType())
+    frac = np.strings.zfill((milli % 1000).astype(np.dtypes.StringDType()), 3)
+    return np.strings.add(np.strings.add(np.strings.add(sign, whole), "."), np.strings.add(frac, suffix))
+
+
+def _evidence_text(tags: list, phase: np.ndarray, caused_by: np.ndarray, n: int) -> np.ndarray:
+    """One ';'-joined evidence string per RST: `phase:<name>`, the tags in rule order (with
+    their values), `caused_by_frame:<frame>`. RSTs are grouped by the pattern of tags that
+    apply to them; each pattern's text is assembled once per tag over its rows, so the cost
+    is numpy string operations over (RSTs x tags per RST), not a Python loop per RST."""
+    string = np.dtypes.StringDType()
+    names = np.array(["phase:" + p for p in fv.PHASE_NAMES], dtype=string)
+    text = names[phase]
+    if not tags:
+        return text
+    applies = np.stack([np.broadcast_to(mask, (n,)) for _, mask, _ in tags])  # (tags, RSTs)
+    packed = np.ascontiguousarray(np.packbits(applies, axis=0).T)
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    patterns, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(patterns.shape[0] + 1))
+    for p in range(patterns.shape[0]):
+        rows = order[bounds[p]:bounds[p + 1]]
+        part = text[rows]
+        static = ""  # tags without values are text shared by the whole pattern
+        for t in np.flatnonzero(applies[:, rows[0]]).tolist():
+            name, _, values = tags[t]
             if values is None:
-                evidence[i].append(name)
-            elif name in ("quiet_matches_timeout", "quiet_cluster", "age_matches_timeout", "age_cluster"):
-                evidence[i].append(f"{name}:{values[i] / 1e9:.3f}s")
-            elif name == "faster_than_rtt":
-                evidence[i].append(f"{name}:{values[i] / 1e6:.3f}ms")
+                static += ";" + name
+                continue
+            v = np.broadcast_to(values, (n,))[rows]
+            if name in SECONDS_TAGS:
+                shown = _decimal(v, 1e9, "s")
+            elif name in MILLISECONDS_TAGS:
+                shown = _decimal(v, 1e6, "ms")
             else:
-                evidence[i].append(f"{name}:{int(values[i])}")
-    phase = rsts["phase"].tolist()
-    for i in range(n_r):
-        evidence[i].insert(0, f"phase:{fv.PHASE_NAMES[phase[i]]}")
-    for i in np.flatnonzero(caused_by > 0).tolist():
-        evidence[i].append(f"caused_by_frame:{int(caused_by[i])}")
-    return RstAttribution(out, termination, evidence)
+                shown = v.astype(np.int64).astype(string)
+            part = np.strings.add(np.strings.add(part, f"{static};{name}:"), shown)
+            static = ""
+        text[rows] = np.strings.add(part, static) if static else part
+    caused = np.flatnonzero(caused_by > 0)
+    text[caused] = np.strings.add(np.strings.add(text[caused], ";caused_by_frame:"),
+                                  caused_by[caused].astype(string))
+    return text
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, missing: int) -> np.ndarray:

@@ -20,9 +20,10 @@ Facts kept per flow (TIMELINE_DTYPE):
   at once); the leg join (tracer.attribution.join) matches them. Retransmitted payload does
   not start a turn. Memory: one row per request or response, not per packet.
 
-Per address, the TTL / hop limit of its non-RST packets (a histogram) gives the sender's
-baseline against which an RST's TTL is compared (a middlebox forging that address sits at
-another distance, so its RSTs arrive with another TTL).
+Per flow and direction, the TTL / hop limit of the latest non-RST packet; over the flows of
+an address, that gives the sender's baseline against which an RST's TTL is compared when the RST's own flow has no packet of the
+sender to compare with (a middlebox forging that address sits at another distance, so its
+RSTs arrive with another TTL); only addresses that keep one TTL have a baseline.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from tracer.packet import TH_FIN, TH_RST
 # HAProxy timeouts are whole milliseconds and in practice 100 ms or more; shorter silences are
 # round trips and think time, not timeouts.
 QUIET_MIN_NS = 100_000_000
+# An address is a TTL baseline when this share of its packets carry its most common TTL (one
+# host's kernel uses one initial TTL; a route change or a shared NAT address does not).
+TTL_CONSISTENT_SHARE = 0.95
+BASELINE_MIN_FLOWS = 2  # one other flow is no baseline: it may be another host behind NAT
 
 TIMELINE_DTYPE = np.dtype(
     [
@@ -47,6 +52,7 @@ TIMELINE_DTYPE = np.dtype(
         ("first_data_ts", np.int64, (2,)), ("last_data_ts", np.int64, (2,)),
         ("fin_frame", np.int64, (2,)),
         ("last_data_dir", np.int8),  # direction of the latest payload (-1: none yet)
+        ("ttl", np.int16, (2,)),  # TTL / hop limit of the latest non-RST packet per direction
     ]
 )
 
@@ -61,6 +67,7 @@ def blank_timeline(n: int) -> np.ndarray:
     t["first_close_dir"] = -1
     t["quiet_end_dir"] = -1
     t["last_data_dir"] = -1
+    t["ttl"] = -1
     return t
 
 
@@ -78,9 +85,6 @@ def address_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
 class Timeline:
     def __init__(self) -> None:
         self.rows = blank_timeline(1024)
-        # address_key | ttl -> packets, as sorted unique keys with counts
-        self._ttl_keys = np.zeros(0, np.uint64)
-        self._ttl_counts = np.zeros(0, np.int64)
         self._turns: list[np.ndarray] = []  # per batch: TURN_DTYPE rows
 
     def add(self, packets: np.ndarray, segments: np.ndarray) -> None:
@@ -96,7 +100,6 @@ class Timeline:
         keep = (segments["flags"] & fv.A_DUPLICATE) == 0
         seg = segments[keep]
         pk = packets[pos[keep]]
-        self._add_ttls(pk)
         if seg.shape[0] == 0:
             return
         flow = seg["flow_id"]
@@ -140,7 +143,11 @@ class Timeline:
         st["first_close_ts"][f] = ts[rows]
         st["first_close_frame"][f] = frame[rows]
         st["first_close_dir"][f] = direction[rows]
+        ttl = pk["ttl"][o]
+        not_rst = (tcp & TH_RST) == 0
         for d in (0, 1):
+            rows = _last_per_group(not_rst & (direction == d), group)
+            st["ttl"][flow[rows], d] = ttl[rows]
             data = (payload > 0) & (direction == d)
             rows = _first_per_group(data, group)
             f = flow[rows]
@@ -176,18 +183,6 @@ class Timeline:
         st["last_ts"][uniq] = ts[last]
         st["seen"][uniq] = True
 
-    def _add_ttls(self, pk: np.ndarray) -> None:
-        plain = pk[(pk["flags"] & TH_RST) == 0]
-        if plain.shape[0] == 0:
-            return
-        keys = address_key(plain["src_hi"], plain["src_lo"]) | plain["ttl"].astype(np.uint64)
-        batch, counts = np.unique(keys, return_counts=True)
-        allk = np.concatenate((self._ttl_keys, batch))
-        allc = np.concatenate((self._ttl_counts, counts))
-        uniq, inverse = np.unique(allk, return_inverse=True)
-        self._ttl_keys = uniq
-        self._ttl_counts = np.bincount(inverse.ravel(), weights=allc, minlength=uniq.shape[0]).astype(np.int64)
-
     def table(self, max_flow_id: int) -> np.ndarray:
         """Rows for flow ids 0..max_flow_id (blank where a flow left no segment)."""
         n = max_flow_id + 1
@@ -203,20 +198,34 @@ class Timeline:
             self._turns = [np.concatenate(self._turns)]
         return self._turns[0]
 
-    def ttl_baseline(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per address (as `address_key`, sorted): its most common TTL of non-RST packets."""
-        k, c = self._ttl_keys, self._ttl_counts
-        if k.shape[0] == 0:
-            return np.zeros(0, np.uint64), np.zeros(0, np.int16)
-        addr = k & ~np.uint64(0xFF)
-        addr_start = np.ones(k.shape[0], bool)
-        addr_start[1:] = addr[1:] != addr[:-1]
-        group = np.cumsum(addr_start) - 1
-        best = np.lexsort((-c, group))
-        first = np.ones(best.shape[0], bool)
-        first[1:] = group[best][1:] != group[best][:-1]
-        chosen = best[first]
-        return addr[chosen], (k[chosen] & np.uint64(0xFF)).astype(np.int16)
+
+def ttl_baseline(flows: np.ndarray, timeline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per address (as `address_key`, sorted): the TTL its flows carry, for the addresses that
+    keep one (TTL_CONSISTENT_SHARE of their flows, at least BASELINE_MIN_FLOWS of them). An
+    address several hosts share (NAT, a client population behind one gateway) carries their
+    different initial TTLs: it has no baseline, and an RST from it is compared with its own
+    flow's packets only. `timeline` is aligned with `flows`."""
+    keys, ttls = [], []
+    for d, side in ((0, "initiator"), (1, "responder")):
+        seen = timeline["ttl"][:, d] >= 0
+        keys.append(address_key(flows[f"{side}_hi"][seen], flows[f"{side}_lo"][seen]))
+        ttls.append(timeline["ttl"][seen, d].astype(np.uint64))
+    k = np.concatenate(keys) | np.concatenate(ttls)
+    if k.shape[0] == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int16)
+    k, c = np.unique(k, return_counts=True)  # flows per (address, ttl)
+    addr = k & ~np.uint64(0xFF)
+    addr_start = np.ones(k.shape[0], bool)
+    addr_start[1:] = addr[1:] != addr[:-1]
+    group = np.cumsum(addr_start) - 1
+    total = np.bincount(group, weights=c)
+    best = np.lexsort((-c, group))
+    first = np.ones(best.shape[0], bool)
+    first[1:] = group[best][1:] != group[best][:-1]
+    chosen = best[first]
+    consistent = (c[chosen] >= BASELINE_MIN_FLOWS) & (c[chosen] >= TTL_CONSISTENT_SHARE * total)
+    chosen = chosen[consistent]
+    return addr[chosen], (k[chosen] & np.uint64(0xFF)).astype(np.int16)
 
 
 def _first_per_group(mask: np.ndarray, group: np.ndarray) -> np.ndarray:
