@@ -195,3 +195,14 @@ def test_readme_demo_command(tmp_path):
     assert f"RSTs                      {rsts:,}" in done.stdout
     assert "topology                  config:" in done.stdout
     assert "RST causes" in done.stdout
+
+
+def test_flow_timeouts_are_options():
+    capture = str(CAPTURES / "lab" / "out" / "keepalive.pcapng")
+    default = analyze_json(capture)["captures"][0]
+    longer = analyze_json(capture, "--flow-idle-timeout", "7200", "--flow-closed-timeout", "30")
+    assert longer["captures"][0]["flows"] == default["flows"]
+    for bad_value in ("0", "-1", "soon"):
+        bad = run_tracer("analyze", capture, "--flow-idle-timeout", bad_value)
+        assert bad.returncode == 2
+        assert b"--flow-idle-timeout" in bad.stderr

@@ -479,3 +479,16 @@ def test_responder_reset_soon_after_sending_aborts_its_response(quiet_ms, phase)
     f.add(4 + quiet_ms, "s", 5501, 1101, TH_RST | TH_ACK)
     (r,) = rst_rows(f)
     assert v.PHASE_NAMES[r["phase"]] == phase
+
+
+def test_idle_timeout_finishes_a_quiet_flow_between_batches():
+    f = handshake(Flow())
+    f.add(3, "c", 1001, 5001, TH_ACK | TH_PSH, payload=10)
+    f.add(5_000, "c", 1011, 5001, TH_ACK | TH_PSH, payload=10)  # 5 s of quiet
+    f.add(5_001, "s", 5001, 1021, TH_ACK)
+    packets = f.packets()
+    kept = track(packets, batch=1)
+    assert kept.flows.shape[0] == 1
+    cut = track(packets, batch=1, idle_timeout_s=1.0)
+    assert cut.flows.shape[0] == 2
+    assert cut.flows["midstream"].tolist() == [False, True]

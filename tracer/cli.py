@@ -91,6 +91,14 @@ def main() -> None:
 @click.option("--join", is_flag=True,
               help="Read the files as one capture, in the order given (e.g. tcpdump -C/-G "
                    "rotations): flows continue across files, frame numbers go on counting.")
+@click.option("--flow-idle-timeout", type=click.FloatRange(min=0.001), default=600.0,
+              show_default=True, metavar="SECONDS",
+              help="A flow quiet this long is finished to free its memory (checked between "
+                   "batches; a later packet of it then opens a new, midstream flow): keep it "
+                   "above HAProxy's longest idle timeout (e.g. timeout tunnel).")
+@click.option("--flow-closed-timeout", type=click.FloatRange(min=0.001), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="A flow closed by FINs or an RST is finished after this much quiet.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Flow-stage processes: packets are sharded by 4-tuple over this many workers "
                    "(same results; pays on large captures with spare cores).")
@@ -104,8 +112,8 @@ def main() -> None:
               help="HAProxy's log (httplog/tcplog, syslog-wrapped or raw, or the config's "
                    "log-format): sharpens the leg join and is compared with tracer's verdicts.")
 def analyze(files, read_files, output_format, output, engine, filter_expr, progress,
-            rsts_csv, flows_csv, buckets_csv, html_path, join, jobs, haproxy_config, proxies,
-            haproxy_log) -> None:
+            rsts_csv, flows_csv, buckets_csv, html_path, join, flow_idle_timeout,
+            flow_closed_timeout, jobs, haproxy_config, proxies, haproxy_log) -> None:
     """Analyse capture files (pcap, pcapng, gzip-compressed, or '-' for stdin)."""
     from tracer.analysis import AttributionOptions
     from tracer.attribution.config import load_config, parse_endpoint
@@ -142,7 +150,9 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
             try:
                 options = AttributionOptions(config=config, proxy=list(proxies) or None,
                                              log_entries=log_entries)
-                more = {"jobs": jobs} if engine == "native" else {}
+                more = {"jobs": jobs, "flow_timeouts": {
+                    "idle_timeout_s": flow_idle_timeout,
+                    "closed_timeout_s": flow_closed_timeout}} if engine == "native" else {}
                 analysis, summary = run(analyze_one(path, packet_filter=packet_filter,
                                                     filter_expr=filter_expr, progress=meter,
                                                     attribution=options, **more))

@@ -26,6 +26,7 @@ import numpy as np
 from tracer.analysis import AttributionOptions, CaptureAnalysis
 from tracer.decode import decode_frames, flag_counts
 from tracer.filter import Mask
+from tracer.flows import FlowTracker
 from tracer.packet import DecodeCounts
 from tracer.source import open_capture
 
@@ -117,24 +118,29 @@ async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = 
                          filter_expr: str | None = None,
                          progress: Progress | None = None,
                          attribution: AttributionOptions | None = None,
-                         jobs: int = 1) -> tuple[CaptureAnalysis, dict]:
+                         jobs: int = 1,
+                         flow_timeouts: dict[str, float] | None = None,
+                         ) -> tuple[CaptureAnalysis, dict]:
     """One capture; a list of paths is read as one capture, file after file (`--join`): flows
     continue across files and frame numbers go on counting, as if the files were concatenated
-    (mergecap -a). With `jobs` > 1 the flow stage runs on that many worker processes."""
+    (mergecap -a). With `jobs` > 1 the flow stage runs on that many worker processes.
+    `flow_timeouts` (idle_timeout_s, closed_timeout_s) go to the flow stage."""
     paths = path if isinstance(path, list) else [path]
     labels = ["<stdin>" if p == "-" else p for p in paths]
     options = attribution or AttributionOptions()
-    tracker = None
+    flow_options = {"keep_flows": options.enabled, "keep_segments": options.enabled,
+                    **(flow_timeouts or {})}
     if jobs > 1:
         from tracer.parallel import ShardedFlowTracker
 
-        tracker = ShardedFlowTracker(jobs, keep_flows=options.enabled,
-                                     keep_segments=options.enabled)
+        tracker = ShardedFlowTracker(jobs, **flow_options)
+    else:
+        tracker = FlowTracker(**flow_options)
     try:
         return await _analyze_native(paths, labels, options, tracker, packet_filter,
                                      filter_expr, progress)
     finally:
-        if tracker is not None:
+        if jobs > 1:
             tracker.close()
 
 

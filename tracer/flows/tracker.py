@@ -186,11 +186,22 @@ class FlowTracker:
         if packets.shape[0] == 0:
             return
         columns = _Columns(packets)
+        ts = columns["ts_ns"]
+        # Flows that have been quiet past their timeout when this batch begins are finished
+        # first, so a packet after such a quiet spell opens a new flow however the capture is
+        # cut into batches (within a batch, flows are not cut).
+        self.advance(int(ts.min()))
         slot, a_is_src = self._slots(columns)
         batch = _Batch(columns, slot, a_is_src)
         self._assign_flows(batch)
         self._analyze(batch)
-        self.latest_ts = max(self.latest_ts, int(columns["ts_ns"].max()))
+        self.latest_ts = max(self.latest_ts, int(ts.max()))
+
+    def advance(self, now_ns: int) -> None:
+        """Move the stage's clock to `now_ns` (never back) and finish the flows quiet past
+        their timeouts (looked at no more often than a tenth of the shorter timeout): between
+        batches, or when a live link has been quiet."""
+        self.latest_ts = max(self.latest_ts, now_ns)
         self._evict(finish=False)
 
     def finish(self) -> None:
