@@ -249,3 +249,90 @@ def test_health_checks_are_told_apart_by_their_timer():
     group = np.repeat(np.arange(3), 20)
     assert _on_a_timer(start, group).tolist() == [True, False, False]
     assert not _on_a_timer(checks[:4], np.zeros(4, np.int64))[0]  # too few to say
+
+
+# -- the two reasons the lab never produces (HAProxy 2.6 with Linux defaults): a crafted capture
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(int.from_bytes(header[i:i + 2], "big") for i in range(0, len(header), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _tcp_frame(src: str, sport: int, dst: str, dport: int, flags: int, seq: int, ack: int,
+               payload: bytes = b"") -> bytes:
+    import socket
+    import struct
+
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    ip = ip[:10] + _ip_checksum(ip).to_bytes(2, "big") + ip[12:]
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp
+
+
+def _write_timed_pcap(path: Path, packets: list[tuple[float, bytes]]) -> str:
+    import struct
+
+    parts = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for t, frame in packets:
+        sec, usec = 1_700_000_000 + int(t), round((t % 1) * 1e6)
+        parts.append(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
+    path.write_bytes(b"".join(parts))
+    return str(path)
+
+
+def test_overload_and_connect_timeout_rsts(tmp_path):
+    """An RST from a full frontend (maxconn 2, two connections open: the kernel's answer with
+    tcp_abort_on_overflow = 1) is haproxy_overload; HAProxy's RST to a server's SYN/ACK that
+    came after `timeout connect` is haproxy_timeout_connect (cause server, sC). The same reset
+    on a frontend with room left stays a reject."""
+    from tracer.pipeline import analyze_native, run
+
+    S, SA, A, R, PA = 0x02, 0x12, 0x10, 0x04, 0x18
+    fe, srv, hap, cl = "10.0.0.1", "10.0.1.10", "10.0.1.1", "10.0.2.{}"
+    pk: list[tuple[float, bytes]] = []
+    for k in (1, 2):  # two clients holding the frontend's two slots
+        c = cl.format(k)
+        pk += [(0.01 * k, _tcp_frame(c, 5000 + k, fe, 80, S, 100, 0)),
+               (0.01 * k + 0.0001, _tcp_frame(fe, 80, c, 5000 + k, SA, 900, 101)),
+               (0.01 * k + 0.0002, _tcp_frame(c, 5000 + k, fe, 80, A, 101, 901))]
+    c = cl.format(3)  # the third: handshake, then reset by the full frontend's kernel
+    pk += [(0.1, _tcp_frame(c, 5003, fe, 80, S, 100, 0)),
+           (0.1001, _tcp_frame(fe, 80, c, 5003, SA, 900, 101)),
+           (0.1002, _tcp_frame(c, 5003, fe, 80, A, 101, 901)),
+           (0.1003, _tcp_frame(fe, 80, c, 5003, R, 901, 0))]
+    # a client stream whose server is slow to accept: SYN, SYN again, SYN/ACK after 1.2 s
+    c = cl.format(4)
+    pk += [(0.2, _tcp_frame(c, 5004, fe, 81, S, 100, 0)),
+           (0.2001, _tcp_frame(fe, 81, c, 5004, SA, 900, 101)),
+           (0.2002, _tcp_frame(c, 5004, fe, 81, A, 101, 901)),
+           (0.2003, _tcp_frame(c, 5004, fe, 81, PA, 101, 901, b"GET / HTTP/1.1\r\n\r\n")),
+           (0.2004, _tcp_frame(hap, 40000, srv, 8080, S, 5000, 0)),
+           (1.2004, _tcp_frame(hap, 40000, srv, 8080, S, 5000, 0)),
+           (1.4, _tcp_frame(srv, 8080, hap, 40000, SA, 7000, 5001)),
+           (1.4001, _tcp_frame(hap, 40000, srv, 8080, R, 5001, 0))]
+    for k in (1, 2):  # the held slots close (client FINs, HAProxy FINs)
+        c = cl.format(k)
+        pk += [(2.0 + k * 0.01, _tcp_frame(c, 5000 + k, fe, 80, 0x11, 101, 901)),
+               (2.0001 + k * 0.01, _tcp_frame(fe, 80, c, 5000 + k, 0x11, 901, 102))]
+    pk.sort(key=lambda p: p[0])
+    path = _write_timed_pcap(tmp_path / "limits.pcap", pk)
+    cfg = ("defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n"
+           "frontend full\n    bind 10.0.0.1:80\n    maxconn 2\n    default_backend app\n"
+           "frontend roomy\n    bind 10.0.0.1:81\n    default_backend app\n"
+           "backend app\n    server s1 10.0.1.10:8080\n")
+    _, summary = run(analyze_native(path, attribution=AttributionOptions(config=parse_config(cfg))))
+    by_frame = {d["frame"]: d for d in summary["rst_details"]}
+    overload = [d for d in by_frame.values() if d["reason"] == "haproxy_overload"]
+    assert [(d["src"], d["dst"], d["cause"], d["leg"]) for d in overload] == [(fe, cl.format(3), "haproxy", "frontend")]
+    assert "frontend_at_maxconn:2" in overload[0]["evidence"]
+    late = [d for d in by_frame.values() if d["reason"] == "haproxy_timeout_connect"]
+    assert [(d["src"], d["cause"], d["leg"], d["termination_state"]) for d in late] == [(hap, "server", "backend", "sC")]
+    assert any(e.startswith("late_synack:1199.") for e in late[0]["evidence"])
+    # the same picture with room on the frontend: a reject, not an overload
+    roomy = cfg.replace("maxconn 2", "maxconn 3")
+    _, summary = run(analyze_native(path, attribution=AttributionOptions(config=parse_config(roomy))))
+    reasons = {d["reason"] for d in summary["rst_details"] if d["leg"] == "frontend"}
+    assert reasons == {"haproxy_reject"}

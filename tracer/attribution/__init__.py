@@ -71,6 +71,7 @@ def settings_for(topo: Topology, config: Config | None) -> Settings:
         s.fe_content_reject[i] = bool(rejects) and all(r.stage == "content" for r in rejects)
         s.fe_silent_drop[i] = p.has_action("silent-drop")
         s.fe_deny[i] = any(r.keyword == "http-request" and r.action in ("deny", "reject") for r in p.rules)
+        s.fe_maxconn[i] = p.maxconn or config.global_maxconn or -1
         # a stream can wait in a queue when a server it may go to has a `maxconn`
         s.fe_queue[i] = any(srv.maxconn for b in config.routes(p) for srv in b.servers)
     back_index = {p.name: j for j, p in enumerate(backs)}
@@ -84,6 +85,7 @@ def settings_for(topo: Topology, config: Config | None) -> Settings:
         for name in BE_TIMEOUTS:
             s.srv_timeouts[name][i] = p.timeouts_ns.get(name, -1)
         s.srv_nolinger[i] = "nolinger" in p.options
+        s.srv_connect[i] = p.timeouts_ns.get("connect", -1)
         s.srv_check[i] = 1 if any(x.name == srv.name and x.check for x in p.servers) else 0
     # Routing per (frontend, server entry): one address:port can serve several backends (the
     # same server listed in two backends), so an entry is reachable from a frontend when any

@@ -103,6 +103,8 @@ class Settings:
     fe_silent_drop: np.ndarray
     fe_deny: np.ndarray  # http-request deny / reject rules
     fe_queue: np.ndarray  # a server it routes to has `maxconn`: its streams can be queued
+    fe_maxconn: np.ndarray  # int64: the frontend's (or the global) maxconn, -1 unknown
+    srv_connect: np.ndarray  # int64: `timeout connect` of the server's backend (ns), -1 unknown
     srv_http: np.ndarray
     srv_timeouts: dict[str, np.ndarray]
     srv_nolinger: np.ndarray
@@ -120,6 +122,7 @@ class Settings:
             fe_nolinger=np.zeros(nf, bool), fe_reject=np.zeros(nf, bool),
             fe_content_reject=np.zeros(nf, bool), fe_silent_drop=np.zeros(nf, bool),
             fe_deny=np.zeros(nf, bool), fe_queue=np.zeros(nf, bool),
+            fe_maxconn=np.full(nf, -1, np.int64), srv_connect=np.full(ns, -1, np.int64),
             srv_http=np.full(ns, -1, np.int8),
             srv_timeouts={k: np.full(ns, -1, np.int64) for k in BE_TIMEOUTS},
             srv_nolinger=np.zeros(ns, bool), srv_check=np.full(ns, -1, np.int8),
@@ -461,6 +464,18 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     sent_nothing = (flows["payload_bytes"][row, 1] == 0) & ~haproxy_fin_before
     no_back = ~has_back[row]
     cfg_reject = r_fe_known & settings.fe_reject[r_fe_i]
+    # 5a. ... unless the config has no rule that rejects there, and the frontend was full: with
+    # `net.ipv4.tcp_abort_on_overflow = 1` the kernel resets a connection its full accept queue
+    # cannot take (HAProxy at `maxconn` stops accepting); with the default 0 it drops the SYNs
+    # and nothing shows (the lab's overload scenario).
+    over = (haproxy_fe & sent_nothing & no_back & ~fe_quiet[row] & r_fe_known
+            & ~settings.fe_reject[r_fe_i] & ~settings.fe_silent_drop[r_fe_i])
+    open_before = _open_on_frontend(flows, leg, frontend, row, ts, over, r_fe_idx)
+    limit = np.where(r_fe_known, settings.fe_maxconn[r_fe_i], -1)
+    over &= (limit > 0) & (open_before >= limit)
+    m = assign(over, C["haproxy"], R["haproxy_overload"], 0.8)
+    tag("frontend_at_maxconn", m, open_before)
+    tag("no_data_before_rst", m)
     m = assign(haproxy_fe & sent_nothing & no_back & ~fe_quiet[row],
                C["haproxy"], R["haproxy_reject"], np.where(cfg_reject, 0.95, 0.7))
     tag("no_data_before_rst", m)
@@ -519,6 +534,21 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     m = assign(after_to, C["client"], fe_timeout_reason[fe_row], fe_timeout_conf[fe_row] * ambiguous_factor,
                propagated=True, by=fe_ev_frame[fe_row], by_ts=ev_to_ts)
     tag("peer_leg_event", m)
+
+    # 7d. HAProxy's kernel reset a server's SYN/ACK: the connecting socket was gone, HAProxy
+    # had given up (`timeout connect`; a client abort would have been caught just above).
+    # HAProxy logs sC (or retries): the server was too slow to accept, cause server.
+    synack = flows["synack_ts"][row]
+    answers_synack = (haproxy_be & (synack >= 0) & (synack <= ts)
+                      & ((flows["hs_ack_ts"][row] < 0) | (flows["hs_ack_ts"][row] > ts))
+                      & (flows["payload_bytes"][row, 0] == 0))
+    connect_wait = synack - flows["syn_ts"][row]
+    t_connect = np.where(r_sv_known, settings.srv_connect[r_sv_i], -1)
+    late = (t_connect > 0) & (connect_wait >= t_connect - TIMEOUT_TOLERANCE_MIN_NS)
+    m = assign(answers_synack, C["server"], R["haproxy_timeout_connect"],
+               np.where(late, 0.9, 0.6))
+    tag("late_synack", m, connect_wait)
+    tag("quiet_matches_timeout", m & late, connect_wait)
 
     # 8. server timeout on the backend
     m = assign(haproxy_be & be_quiet[row], C["server"], R["haproxy_timeout_server"], be_timeout_conf[row])
@@ -700,7 +730,7 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
 
 
 SECONDS_TAGS = ("quiet_matches_timeout", "quiet_cluster", "age_matches_timeout", "age_cluster")
-MILLISECONDS_TAGS = ("faster_than_rtt",)
+MILLISECONDS_TAGS = ("faster_than_rtt", "late_synack")
 
 
 class Evidence(Sequence):
@@ -769,6 +799,25 @@ def _evidence_text(tags: list, phase: np.ndarray, caused_by: np.ndarray, n: int)
     text[caused] = np.strings.add(np.strings.add(text[caused], ";caused_by_frame:"),
                                   caused_by[caused].astype(string))
     return text
+
+
+def _open_on_frontend(flows: np.ndarray, leg: np.ndarray, frontend: np.ndarray, row: np.ndarray,
+                      ts: np.ndarray, wanted: np.ndarray, fe_of_rst: np.ndarray) -> np.ndarray:
+    """Per RST (where `wanted`): how many other connections to its frontend were open on the
+    wire at its time (started, not yet ended). A loop over frontends, searchsorted inside."""
+    out = np.zeros(ts.shape[0], np.int64)
+    if not wanted.any():
+        return out
+    start = np.where(flows["syn_ts"] >= 0, flows["syn_ts"], flows["first_ts"])
+    for f in np.unique(fe_of_rst[wanted]).tolist():
+        if f < 0:
+            continue
+        mine = (leg == av.LEG_FRONTEND) & (frontend == f)
+        starts, ends = np.sort(start[mine]), np.sort(flows["last_ts"][mine])
+        q = np.flatnonzero(wanted & (fe_of_rst == f))
+        own = 1  # the RST's own connection started before it and ends with it
+        out[q] = (np.searchsorted(starts, ts[q], side="right") - np.searchsorted(ends, ts[q], side="left")) - own
+    return out
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, missing: int) -> np.ndarray:

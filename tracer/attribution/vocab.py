@@ -58,12 +58,17 @@ REASONS: tuple[tuple[str, str], ...] = (
     ("haproxy_timeout_client", "`timeout client` expired on an idle client"),
     ("haproxy_timeout_http_request", "`timeout http-request` expired before a complete request"),
     ("haproxy_timeout_server", "`timeout server` expired waiting for the server"),
-    ("haproxy_timeout_connect", "`timeout connect` expired on a connection attempt"),
+    ("haproxy_timeout_connect", "`timeout connect` expired on a connection attempt: the RST is "
+                                "HAProxy's kernel answering the server's late SYN/ACK (an "
+                                "attempt nothing answers is abandoned without any RST)"),
     ("haproxy_nolinger", "`option nolinger`: HAProxy closes with RST instead of FIN"),
     ("haproxy_server_close", "HAProxy closed the server connection after a complete exchange; "
                              "closing before the server's FIN it resets (no TIME_WAIT)"),
     ("haproxy_check", "a health check connection closed by HAProxy"),
-    ("haproxy_overload", "a connection limit or queue (maxconn, timeout queue) ended the stream"),
+    ("haproxy_overload", "the frontend was full (`maxconn`): its kernel reset a connection it "
+                         "could not accept (only with net.ipv4.tcp_abort_on_overflow = 1; by "
+                         "default the SYNs are dropped, and a `timeout queue` ends with a 503 "
+                         "and FIN: neither leaves an RST)"),
     ("haproxy_abort", "HAProxy reset the connection for a reason not seen on the wire"),
     ("middlebox_injected", "the RST came from the network, not from the host whose address it "
                            "carries (TTL/hop count, timing or sequence give it away)"),
@@ -88,7 +93,7 @@ REASON_TERMINATION = {
     "haproxy_timeout_http_request": "cR",
     "haproxy_timeout_server": "sD",  # sH when no response header came (HTTP)
     "haproxy_timeout_connect": "sC",
-    "haproxy_overload": "sQ",
+    "haproxy_overload": "",  # never accepted: no log line
     "haproxy_nolinger": "--",
     "haproxy_server_close": "--",
     "haproxy_check": "",
@@ -117,4 +122,6 @@ EVIDENCE: dict[str, str] = {
     "unjoined_backend": "a server connection no client stream explains (health check)",
     "same_flow_followup": "a further RST in a flow already reset: same attribution as the first",
     "server_rst_burst": "fault RSTs on this server's connections in the same second (>= 3)",
+    "frontend_at_maxconn": "other connections open on the frontend at the RST (>= its maxconn)",
+    "late_synack": "HAProxy reset the server's SYN/ACK, which came this many ms after the SYN",
 }
