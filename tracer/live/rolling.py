@@ -229,18 +229,22 @@ class LiveAnalysis:
         self._flow_done = _grow(self._flow_done, flows.shape[0])
         self._rst_done = _grow(self._rst_done, rsts.shape[0])
         wait_ns = tracker.closed_timeout_ns + self.settle_ns
-        ready = ~self._flow_done
-        if not final:
-            ready &= (tracker.latest_ts - flows["last_ts"]) >= wait_ns
+        old_enough = np.ones(flows.shape[0], bool) if final else (
+            (tracker.latest_ts - flows["last_ts"]) >= wait_ns)
+        ready = ~self._flow_done & old_enough
         ready_ids = np.sort(flows["flow_id"][ready])
-        rst_ready = ~self._rst_done & _member(rsts["flow_id"], ready_ids)
+        # An RST row may come after its flow was accounted (the flow stage can hand over a
+        # flow's row before the RST rows of its last batch): settle it with the next pass.
+        rst_ready = ~self._rst_done & _member(rsts["flow_id"],
+                                              np.sort(flows["flow_id"][old_enough]))
         finished_ids = np.sort(flows["flow_id"])
         self.unsettled_rsts = int((~self._rst_done & ~rst_ready).sum())
-        if not ready.any():
+        if not ready.any() and not rst_ready.any():
             return
         # The context: finished flows that ended after the earliest ready flow began, less
         # context_s (joins, propagation and timeout clusters look that far at most).
-        since = int(flows["first_ts"][ready].min()) - self.context_ns
+        settling = ready | _member(flows["flow_id"], np.sort(rsts["flow_id"][rst_ready]))
+        since = int(flows["first_ts"][settling].min()) - self.context_ns
         context = flows[flows["last_ts"] >= since]
         in_context = _member(rsts["flow_id"], np.sort(context["flow_id"]))
         in_context &= _member(rsts["flow_id"], finished_ids)
