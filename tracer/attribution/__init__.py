@@ -27,6 +27,7 @@ from tracer.attribution.rst import (
     Settings,
     attribute_rsts,
     host_min_rtt,
+    infer_mode,
 )
 from tracer.attribution.timeline import Timeline, address_key, ttl_baseline
 from tracer.attribution.topology import (
@@ -118,6 +119,24 @@ def _queue_grace(config: Config | None) -> int:
     return longest or QUEUE_GRACE_NS
 
 
+def _mode_notes(flows: np.ndarray, roles: FlowRoles, inferred_http: np.ndarray) -> list[str]:
+    """The frontend endpoints' modes as the traffic shows them, for the topology's notes."""
+    notes = []
+    for mode, name in ((1, "http"), (0, "tcp")):
+        on = (roles.leg == av.LEG_FRONTEND) & (inferred_http == mode)
+        if not on.any():
+            continue
+        ends = np.unique(np.stack([flows["responder_hi"][on], flows["responder_lo"][on],
+                                   flows["responder_port"][on].astype(np.uint64)], axis=1), axis=0)
+        names = ", ".join(f"{format_address(int(h), int(lo))}:{int(p)}" for h, lo, p in ends)
+        why = "headers re-written" if mode else "bytes forwarded unchanged"
+        notes.append(f"{name} mode ({why}): {names}")
+    unknown = (roles.leg == av.LEG_FRONTEND) & (inferred_http < 0)
+    if unknown.any():
+        notes.append("mode unknown on the other frontend endpoints (too few answered streams)")
+    return notes
+
+
 def _connect_timeouts(config: Config | None, topo: Topology, roles: FlowRoles) -> np.ndarray | None:
     """Per flow: `timeout connect` of the backend its server entry belongs to (-1: unknown)."""
     if config is None or topo.source != "config":
@@ -187,8 +206,13 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
 
         log_report = apply_log_join(log_entries, flows, roles, join, topo)
     _routed_server(topo, settings, roles, join)
+    inferred_http = None
+    if not settings.known:
+        inferred_http = infer_mode(flows, roles.leg, join.front_of)
+        topo.notes.extend(_mode_notes(flows, roles, inferred_http))
     result = attribute_rsts(rsts, flows, tl, roles.leg, roles.frontend, roles.server, join, settings,
-                            ttl_baseline(flows, tl), host_min_rtt(rtts, flows), check=roles.check)
+                            ttl_baseline(flows, tl), host_min_rtt(rtts, flows), check=roles.check,
+                            inferred_http=inferred_http)
     attribution = Attribution(topology=topo, flows=flows, roles=roles, join=join, rsts=rsts,
                               result=result)
     if log_entries is not None:

@@ -29,6 +29,12 @@ lab observed each of them with HAProxy 2.6):
 5. **reject.** `tcp-request connection reject` makes HAProxy close the accepted connection at
    once with an RST, before sending anything and without opening a server connection; such a
    connection is never logged. The same picture without the config is still HAProxy's reject.
+5a. **overload.** A frontend at its `maxconn` stops accepting; with
+   `net.ipv4.tcp_abort_on_overflow = 1` its kernel resets the connections the full accept
+   queue cannot take (right after the handshake, nothing sent, no server leg). With the config,
+   such an RST on a frontend with no reject or silent-drop rule while at least `maxconn` other
+   connections to it are open is `haproxy_overload`. With Linux's default (0) the SYNs are
+   dropped and `timeout queue` ends with a 503 and FIN: no RST (the lab's overload scenario).
 6. **Timeouts.** HAProxy enforces `timeout http-request` / `client` / `server` by closing the
    leg (a 408/504 and FIN, FIN alone, or RST; with `option nolinger` FIN and RST). On the wire
    this is a silence about as long as the timeout, ended by HAProxy's own packet, with HAProxy
@@ -51,12 +57,20 @@ lab observed each of them with HAProxy 2.6):
    client that RSTs after such a FIN is logged CH; a client that aborts while its request sat
    in a queue (no server connection, no answer for QUEUE_WAIT_MIN_NS, on a frontend whose
    servers have `maxconn`) is logged CQ instead of CR.
+7d. **connect timeout.** An attempt nothing answers is abandoned silently when `timeout
+   connect` expires; only a server's SYN/ACK arriving after that meets a closed socket, and
+   HAProxy's kernel resets it: `haproxy_timeout_connect` (sC, cause server: it was too slow
+   to accept), matched to the config's `timeout connect` when given.
 8. **Routine closes.** HAProxy closes server connections with RST by design when it closes
    before the server's FIN (http-server-close, end of a complete exchange: no TIME_WAIT on
    HAProxy), and `option nolinger` turns every close into an RST. Such an RST after a complete,
    acknowledged exchange (or after the client's FIN on the frontend) is `routine`. A server
    connection no client stream explains, closed by HAProxy, is a health check (routine) when
    the config does not say the server has no `check`.
+Mode. Without the config a frontend endpoint's mode comes from payload sizes (`infer_mode`):
+tcp mode forwards bytes unchanged, http mode re-writes headers, so single-connection streams
+are byte-identical on both legs in tcp mode only. It picks SD/sD over SH/sH and CD over CR.
+
 9. **Follow-ups.** A further RST from the same sender in a flow it already reset (the kernel
    answering a late ACK on a closed socket) repeats the first RST's attribution.
 """
@@ -192,7 +206,8 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
                    frontend: np.ndarray, server: np.ndarray, join: Join, settings: Settings,
                    ttl_baseline: tuple[np.ndarray, np.ndarray],
                    host_min_rtt: tuple[np.ndarray, np.ndarray],
-                   check: np.ndarray | None = None) -> RstAttribution:
+                   check: np.ndarray | None = None,
+                   inferred_http: np.ndarray | None = None) -> RstAttribution:
     """`flows` sorted by flow_id; `timeline`, `leg`, `frontend`, `server` (and `check`: the
     flow went to a server's `check port`) aligned with it."""
     n_r, n_f = rsts.shape[0], flows.shape[0]
@@ -245,6 +260,8 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     mode_http_flow = np.where(leg == av.LEG_FRONTEND,
                               np.where(fe_known, settings.fe_http[fe_i], -1),
                               np.where(sv_known, settings.srv_http[sv_i], -1))
+    if inferred_http is not None:  # without the config: what the traffic shows (infer_mode)
+        mode_http_flow = np.where(mode_http_flow < 0, inferred_http, mode_http_flow)
 
     # -- network evidence (per RST) -----------------------------------------------------------
     ttl = rsts["ttl"].astype(np.int16)
@@ -799,6 +816,54 @@ def _evidence_text(tags: list, phase: np.ndarray, caused_by: np.ndarray, n: int)
     text[caused] = np.strings.add(np.strings.add(text[caused], ";caused_by_frame:"),
                                   caused_by[caused].astype(string))
     return text
+
+
+MODE_MIN_STREAMS = 2  # answered single-connection streams needed on a frontend endpoint
+MODE_SHARE = 0.9
+
+
+def _endpoint_key(flows: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+    return (flows["responder_hi"][rows].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            ^ flows["responder_lo"][rows].astype(np.uint64)
+            ^ (flows["responder_port"][rows].astype(np.uint64) << np.uint64(48)))
+
+
+def infer_mode(flows: np.ndarray, leg: np.ndarray, front_of: np.ndarray) -> np.ndarray:
+    """Per flow: 1 http mode, 0 tcp mode, -1 unknown, from payload sizes alone. In tcp mode
+    HAProxy forwards the bytes unchanged: a stream served by one server connection carries
+    exactly as many bytes each way on both legs. In http mode HAProxy re-writes the headers it
+    forwards (connection handling, added headers), so the counts differ. A frontend endpoint
+    (address, port) where MODE_SHARE of at least MODE_MIN_STREAMS answered streams are
+    byte-identical is tcp, where MODE_SHARE differ is http (lab: 100% either way on every
+    endpoint); its backend flows take its mode. Unknown otherwise (the rules then treat the
+    flow as http-or-unknown)."""
+    out = np.full(flows.shape[0], -1, np.int8)
+    backs = np.flatnonzero((leg == av.LEG_BACKEND) & (front_of >= 0))
+    if backs.size == 0:
+        return out
+    fronts = front_of[backs]
+    u, counts = np.unique(fronts, return_counts=True)
+    single = np.isin(fronts, u[counts == 1]) & (flows["payload_bytes"][backs, 1] > 0)
+    backs, fronts = backs[single], fronts[single]
+    if backs.size == 0:
+        return out
+    same = ((flows["payload_bytes"][backs, 0] == flows["payload_bytes"][fronts, 0])
+            & (flows["payload_bytes"][backs, 1] == flows["payload_bytes"][fronts, 1]))
+    uniq, inv = np.unique(_endpoint_key(flows, fronts), return_inverse=True)
+    inv = inv.ravel()
+    n = np.bincount(inv, minlength=uniq.size)
+    identical = np.bincount(inv, weights=same, minlength=uniq.size)
+    enough = n >= MODE_MIN_STREAMS
+    mode = np.select([enough & (identical >= MODE_SHARE * n), enough & (n - identical >= MODE_SHARE * n)],
+                     [0, 1], -1)
+    on_front = leg == av.LEG_FRONTEND
+    f_key = _endpoint_key(flows, slice(None))
+    pos = np.minimum(np.searchsorted(uniq, f_key), uniq.size - 1)
+    known = on_front & (uniq[pos] == f_key)
+    out[known] = mode[pos[known]]
+    joined = (leg == av.LEG_BACKEND) & (front_of >= 0)
+    out[joined] = out[front_of[joined]]
+    return out
 
 
 def _open_on_frontend(flows: np.ndarray, leg: np.ndarray, frontend: np.ndarray, row: np.ndarray,
