@@ -17,6 +17,8 @@ from __future__ import annotations
 import html
 import math
 
+from tracer.patterns.diagnosis import window_text
+
 WIDTH, HEIGHT = 1000, 220
 FINDINGS_OPEN = 6  # findings shown at once; the rest behind a <details>
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 56, 220, 14, 30
@@ -313,7 +315,7 @@ def _findings_html(cap: dict) -> str:
         setting = f.get("setting")
         configured = f.get("configured")
         w = f.get("window")
-        window = f"{w['start_ts']:.3f} - {w['end_ts']:.3f}" if w else "-"
+        window = window_text(w) if w else "-"
         frames = ", ".join(str(x) for x in f.get("evidence_frames") or []) or "-"
         out.append(
             f'<div class="finding{" routine" if f.get("routine") else ""}" data-severity="{e(f["severity"])}" '

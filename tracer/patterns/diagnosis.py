@@ -37,6 +37,8 @@ score: critical >= 0.5, high >= 0.15, medium >= 0.03, low otherwise, info for ro
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 
 from tracer.attribution import vocab as av
@@ -219,10 +221,24 @@ def _finding(ctx: _Context, *, kind: str, cause: str, setting: str | None, title
     }
 
 
+def clock(ts_s: float, *, with_date: bool = False) -> str:
+    """A capture time as people read it (UTC, to the millisecond)."""
+    moment = datetime.fromtimestamp(ts_s, UTC)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S.%f" if with_date else "%H:%M:%S.%f")[:-3]
+    return text
+
+
+def window_text(w: dict) -> str:
+    """`2026-11-22 02:24:43.518 - 02:24:44.221 UTC` (the date again only if it changes)."""
+    start, end = w["start_ts"], w["end_ts"]
+    same_day = clock(start, with_date=True)[:10] == clock(end, with_date=True)[:10]
+    return f"{clock(start, with_date=True)} - {clock(end, with_date=not same_day)} UTC"
+
+
 def _span(w: dict | None) -> str:
     if not w:
         return ""
-    return f" between {w['start_ts']:.3f} and {w['end_ts']:.3f}"
+    return f" between {clock(w['start_ts'])} and {clock(w['end_ts'])} UTC"
 
 
 # -- 1. fault RSTs by reason ------------------------------------------------------------------
