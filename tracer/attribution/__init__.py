@@ -73,8 +73,11 @@ def settings_for(topo: Topology, config: Config | None) -> Settings:
         s.fe_silent_drop[i] = p.has_action("silent-drop")
         s.fe_deny[i] = any(r.keyword == "http-request" and r.action in ("deny", "reject") for r in p.rules)
         s.fe_maxconn[i] = p.maxconn or config.global_maxconn or -1
-        # a stream can wait in a queue when a server it may go to has a `maxconn`
-        s.fe_queue[i] = any(srv.maxconn for b in config.routes(p) for srv in b.servers)
+        # a client's abort in a queue is seen (logged CQ) when a server the stream may go to
+        # has a `maxconn` and its backend `option abortonclose`; without it HAProxy notices
+        # only at the stream's turn, after connecting (CD; captures/lab/README.md)
+        s.fe_queue[i] = any(srv.maxconn and "abortonclose" in b.options
+                            for b in config.routes(p) for srv in b.servers)
     back_index = {p.name: j for j, p in enumerate(backs)}
     for i, srv in enumerate(topo.servers):
         j = back_index.get(srv.backend, -1)

@@ -56,7 +56,7 @@ lab observed each of them with HAProxy 2.6):
    (`haproxy_abort`, logged CC during the connect, CH while waiting for the response). A
    client that RSTs after such a FIN is logged CH; a client that aborts while its request sat
    in a queue (no server connection, no answer for QUEUE_WAIT_MIN_NS, on a frontend whose
-   servers have `maxconn`) is logged CQ instead of CR.
+   servers have `maxconn` and `option abortonclose`) is logged CQ instead of CR.
 7d. **connect timeout.** An attempt nothing answers is abandoned silently when `timeout
    connect` expires; only a server's SYN/ACK arriving after that meets a closed socket, and
    HAProxy's kernel resets it: `haproxy_timeout_connect` (sC, cause server: it was too slow
@@ -116,7 +116,7 @@ class Settings:
     fe_content_reject: np.ndarray  # ... only content-stage (logged, PR)
     fe_silent_drop: np.ndarray
     fe_deny: np.ndarray  # http-request deny / reject rules
-    fe_queue: np.ndarray  # a server it routes to has `maxconn`: its streams can be queued
+    fe_queue: np.ndarray  # a server it routes to has `maxconn` and abortonclose: CQ is logged
     fe_maxconn: np.ndarray  # int64: the frontend's (or the global) maxconn, -1 unknown
     srv_connect: np.ndarray  # int64: `timeout connect` of the server's backend (ns), -1 unknown
     srv_http: np.ndarray
