@@ -116,7 +116,7 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
             flow_closed_timeout, jobs, haproxy_config, proxies, haproxy_log) -> None:
     """Analyse capture files (pcap, pcapng, gzip-compressed, or '-' for stdin)."""
     from tracer.analysis import AttributionOptions
-    from tracer.attribution.config import load_config, parse_endpoint
+    from tracer.attribution.config import load_config
     from tracer.attribution.logs import load_log
     from tracer.filter import compile_filter
     from tracer.pipeline import analyze_native, analyze_pyshark, run
@@ -130,12 +130,7 @@ def analyze(files, read_files, output_format, output, engine, filter_expr, progr
     show_progress = sys.stderr.isatty() if progress is None else progress
     if join and engine != "native":
         _fail("--join works with the native engine only")
-    if haproxy_config and proxies:
-        _fail("give --haproxy-config or --proxy, not both (the config names the frontends)")
-    for spec in proxies:
-        endpoint = parse_endpoint(spec)
-        if endpoint is None or endpoint.address is None:
-            _fail(f"--proxy {spec!r}: expected ADDR or ADDR:PORT, e.g. 10.0.0.5 or 10.0.0.5:443")
+    _check_topology_options(haproxy_config, proxies)
     try:
         packet_filter = compile_filter(filter_expr) if filter_expr else None
         config = load_config(haproxy_config) if haproxy_config else None
@@ -254,6 +249,18 @@ def report(result, output_format, output, html_path, buckets_csv) -> None:
         _fail(str(exc), exc.exit_code)
 
 
+def _check_topology_options(haproxy_config, proxies) -> None:
+    """--haproxy-config and --proxy name the topology two ways: one of them, well formed."""
+    from tracer.attribution.config import parse_endpoint
+
+    if haproxy_config and proxies:
+        _fail("give --haproxy-config or --proxy, not both (the config names the frontends)")
+    for spec in proxies:
+        endpoint = parse_endpoint(spec)
+        if endpoint is None or endpoint.address is None:
+            _fail(f"--proxy {spec!r}: expected ADDR or ADDR:PORT, e.g. 10.0.0.5 or 10.0.0.5:443")
+
+
 def _check_linktypes(summary: dict) -> None:
     """A capture none of whose frames the native decoder could read is an error, not a report."""
     unsupported = summary["anomalies"].get("unsupported_link_type", 0)
@@ -344,19 +351,14 @@ def live(interfaces, bpf, haproxy_config, proxies, duration, interval, output_fo
     import json
 
     from tracer.analysis import AttributionOptions
-    from tracer.attribution.config import load_config, parse_endpoint
+    from tracer.attribution.config import load_config
     from tracer.live.run import LiveSettings, run_live
     from tracer.pipeline import run
     from tracer.report import make_document, render_json, render_text
 
     if not interfaces:
         _fail("no interface given: tracer live -i IFACE (tracer interfaces lists them)")
-    if haproxy_config and proxies:
-        _fail("give --haproxy-config or --proxy, not both (the config names the frontends)")
-    for spec in proxies:
-        endpoint = parse_endpoint(spec)
-        if endpoint is None or endpoint.address is None:
-            _fail(f"--proxy {spec!r}: expected ADDR or ADDR:PORT, e.g. 10.0.0.5 or 10.0.0.5:443")
+    _check_topology_options(haproxy_config, proxies)
     ring_files, ring_mb = _ring(ring)
     if ring and not write_path:
         _fail("--ring needs --write FILE (the ring's file name)")
