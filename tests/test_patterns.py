@@ -80,10 +80,29 @@ EXPECTED = {
     "middlebox": ("network", lambda s: s.startswith("network path"), lambda f: f["kind"] == "rst_middlebox_injected"),
     "loopback": ("server", lambda s: s.startswith("server "), None),
     "ipv6": ("server", lambda s: s.startswith("server "), None),
+    # 3 % of data/ACK segments dropped on the frontend leg (router's frontend interface)
+    "loss-frontend": ("network", lambda s: s.startswith("network path between clients"),
+                      lambda f: f["leg"] == "frontend" and 0.01 <= f["loss_rate"] <= 0.045),
+    # s2's backend killed three times: connection attempts refused while it is down
+    "server-crash": ("server", lambda s: s.startswith("server be_crash/s2"), None),
+    # silent-drop with CAP_NET_ADMIN: HAProxy sends nothing, its kernel later resets the
+    # client's packets for a socket that no longer exists
+    "silent-drop-netadmin": ("haproxy", lambda s: s == "tcp-request connection silent-drop", None),
+    # clients giving up while queued or waiting, HAProxy aborting the server side for them
+    "abortonclose": ("client", lambda s: s == "clients", None),
     # the demo: 1 % loss on the backend leg among everything else
     "mixed": ("network", lambda s: s.startswith("network path between HAProxy"),
               lambda f: f["leg"] == "backend" and 0.005 <= f["loss_rate"] <= 0.02),
 }
+
+
+# Scenarios whose RSTs are all routine closes: no fault finding to expect.
+NO_FAULT = {"keepalive"}
+
+
+def test_every_lab_scenario_has_an_expected_top_finding() -> None:
+    scenarios = {p.stem for p in OUT.glob("*.pcapng")} | {"mixed"}
+    assert scenarios - NO_FAULT - set(EXPECTED) == set()
 
 
 @pytest.mark.parametrize("scenario", sorted(EXPECTED))

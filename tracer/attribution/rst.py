@@ -493,6 +493,14 @@ def attribute_rsts(rsts: np.ndarray, flows: np.ndarray, timeline: np.ndarray, le
     m = assign(over, C["haproxy"], R["haproxy_overload"], 0.8)
     tag("frontend_at_maxconn", m, open_before)
     tag("no_data_before_rst", m)
+    # 5b. ... or the frontend's only rule is `silent-drop` (no reject): with CAP_NET_ADMIN
+    # HAProxy drops the connection without a packet, and its kernel, whose socket is gone,
+    # resets the client's next segment (a request, or its FIN seconds later), at normal TTL.
+    cfg_sd_only = r_fe_known & settings.fe_silent_drop[r_fe_i] & ~settings.fe_reject[r_fe_i]
+    m = assign(haproxy_fe & sent_nothing & no_back & ~fe_quiet[row] & cfg_sd_only,
+               C["haproxy"], R["haproxy_silent_drop"], 0.85)
+    tag("no_data_before_rst", m)
+    tag("config_rule", m)
     m = assign(haproxy_fe & sent_nothing & no_back & ~fe_quiet[row],
                C["haproxy"], R["haproxy_reject"], np.where(cfg_reject, 0.95, 0.7))
     tag("no_data_before_rst", m)
