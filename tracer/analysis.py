@@ -22,7 +22,7 @@ from tracer.attribution.config import Config
 from tracer.decode.vocab import linktype_name
 from tracer.flows import FlowTracker
 from tracer.flows import vocab as fv
-from tracer.flows.tables import RTT_KIND_NAMES
+from tracer.flows.tables import RTT_KIND_NAMES, segments_with_packets
 from tracer.packet import TCP_FLAG_NAMES, DecodeCounts
 from tracer.patterns import Patterns, analyze_patterns
 from tracer.patterns.events import SegmentFacts
@@ -70,9 +70,9 @@ class CaptureAnalysis:
             return
         self.flows.add(packets)
         if self.options.enabled:
-            segments = self.flows.take_segments()
-            self.timeline.add(packets, segments)
-            self.segment_facts.add(packets, segments)
+            seg, pk = segments_with_packets(packets, self.flows.take_segments())
+            self.timeline.add(seg, pk)
+            self.segment_facts.add(seg, pk)
         versions, n = np.unique(packets["ip_version"], return_counts=True)
         for version, count in zip(versions.tolist(), n.tolist(), strict=True):
             self.ip_versions[version] = self.ip_versions.get(version, 0) + count

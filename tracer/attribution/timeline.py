@@ -87,19 +87,9 @@ class Timeline:
         self.rows = blank_timeline(1024)
         self._turns: list[np.ndarray] = []  # per batch: TURN_DTYPE rows
 
-    def add(self, packets: np.ndarray, segments: np.ndarray) -> None:
-        if segments.shape[0] == 0:
-            return
-        # Segment rows -> their packets (both sorted by frame within a batch).
-        frames = packets["frame"]
-        if frames.shape[0] > 1 and not (frames[1:] > frames[:-1]).all():
-            order = np.argsort(frames, kind="stable")
-            pos = order[np.searchsorted(frames, segments["frame"], sorter=order)]
-        else:
-            pos = np.searchsorted(frames, segments["frame"])
-        keep = (segments["flags"] & fv.A_DUPLICATE) == 0
-        seg = segments[keep]
-        pk = packets[pos[keep]]
+    def add(self, seg: np.ndarray, pk: np.ndarray) -> None:
+        """One batch: segment rows without capture duplicates and their packets, row for row
+        (tracer.flows.tables.segments_with_packets)."""
         if seg.shape[0] == 0:
             return
         flow = seg["flow_id"]

@@ -47,18 +47,9 @@ class SegmentFacts:
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_rows = 0
 
-    def add(self, packets: np.ndarray, segments: np.ndarray) -> None:
-        if segments.shape[0] == 0:
-            return
-        frames = packets["frame"]
-        if frames.shape[0] > 1 and not (frames[1:] > frames[:-1]).all():
-            order = np.argsort(frames, kind="stable")
-            pos = order[np.searchsorted(frames, segments["frame"], sorter=order)]
-        else:
-            pos = np.searchsorted(frames, segments["frame"])
-        keep = (segments["flags"] & fv.A_DUPLICATE) == 0
-        seg = segments[keep]
-        pk = packets[pos[keep]]
+    def add(self, seg: np.ndarray, pk: np.ndarray) -> None:
+        """One batch: segment rows without capture duplicates and their packets, row for row
+        (tracer.flows.tables.segments_with_packets)."""
         if seg.shape[0] == 0:
             return
         ts = pk["ts_ns"]
