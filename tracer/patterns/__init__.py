@@ -207,15 +207,27 @@ def _breakdowns(p: Patterns, rtts: np.ndarray, rtt_rows: np.ndarray) -> dict:
     by_backend = _group_stats(p, srv_backend[ff["server"]], backends, rtts, rtt_rows) if backends else {}
     front = ff["leg"] == av.LEG_FRONTEND
     codes, names = subnet_codes(ff, a.flows, front if front.any() else ff["leg"] == av.LEG_UNKNOWN)
-    by_subnet = _group_stats(p, codes, names, rtts, rtt_rows)
+    # Only the subnets reported get their stats built: the most fault RSTs, then most flows.
+    t = a.result.table
+    n_sub = len(names)
+    flows_per = np.bincount(codes[codes >= 0], minlength=n_sub)
+    rst_code = codes[t["flow_row"]] if t.shape[0] else np.zeros(0, np.int64)
+    faults_per = np.bincount(rst_code[(rst_code >= 0) & ~t["routine"]], minlength=n_sub) \
+        if t.shape[0] else np.zeros(n_sub, np.int64)
+    chosen = np.lexsort((np.array(names, dtype=object).astype(str) if names else np.zeros(0),
+                         -flows_per, -faults_per))[:MAX_SUBNETS]
+    remap = np.full(n_sub, -1, np.int64)
+    remap[chosen] = np.arange(chosen.size)
+    sub_codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+    by_subnet = _group_stats(p, sub_codes, [names[k] for k in chosen], rtts, rtt_rows)
     top = sorted(by_subnet.items(), key=lambda kv: (-kv[1]["rsts_fault"], -kv[1]["flows"], kv[0]))
     return {
         "by_leg": by_leg,
         "by_server": by_server,
         "by_frontend": by_frontend,
         "by_backend": by_backend,
-        "by_client_subnet": dict(top[:MAX_SUBNETS]),
-        "client_subnets": len(by_subnet),
+        "by_client_subnet": dict(top),
+        "client_subnets": int(np.count_nonzero(flows_per)),
     }
 
 
