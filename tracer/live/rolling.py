@@ -18,11 +18,22 @@ Rules:
   so the cost of a pass follows the recent flow rate, not the run's length.
 - Memory is bounded. Windows keep aggregates only (counts, RTT histograms, a few newest fault
   RSTs, RTT samples of the current window capped by reservoir). The flow stage keeps one row per
-  finished flow and the timeline one row per flow id (that is what attribution reads); when a
-  generation holds `max_flows` finished flows it is closed (its open flows are finished, every
-  RST settled) and a fresh `CaptureAnalysis` takes over. Connections open across that boundary
+  finished flow and the timeline one row per flow id (that is what attribution reads).
+- The timeline also keeps one *turn* per request and per response (the leg join reads them):
+  on keep-alive traffic that is one row per payload packet, which grew without end on long
+  runs. The join asks only two things of them: per (flow, direction), the latest turn at or
+  before a time and the first at or after it, at the times backend flows start and get their
+  first response. Each tick keeps the turns that answer those questions for every flow this
+  generation knows (finished or open) and for any time from `horizon` on (the clock less
+  PRUNE_MARGIN_NS: flows not seen yet start after it), and drops the rest (`needed_turns`):
+  every answer stays what it was, so the attribution of every RST is the same as offline.
+- A generation ends when it holds `max_flows` finished flows or `max_rows` rows of per-segment
+  facts (turns kept, rare segment events, per-flow-second data counts: the patterns stage's
+  inputs, which grow with time on a few long busy flows): its open flows are finished, every
+  RST settled, and a fresh `CaptureAnalysis` takes over. Connections open across that boundary
   are seen again as midstream flows by the next generation; that is the price of the bound
-  (documented in the README; with the default 200,000 flows a generation lasts minutes to hours).
+  (documented in the README; with the defaults a generation lasts minutes to hours). The final
+  report covers the last generation, so it needs no memory beyond one generation's.
 - The final report (`final_summary`) is the generation's `CaptureAnalysis.summary()`, the very
   function offline analysis calls, so with one generation it equals `tracer analyze` of the
   capture file that was written.
@@ -48,6 +59,8 @@ from tracer.packet import DecodeCounts, format_address
 SETTLE_S = 10.0  # the join's default queue grace (tracer.attribution.join.QUEUE_GRACE_NS)
 CONTEXT_S = 60.0
 MAX_FLOWS = 200_000
+MAX_ROWS = 5_000_000  # per generation: turns, segment events, data rows (~16-21 bytes each)
+PRUNE_MARGIN_NS = 2_000_000_000  # packets of several interfaces may come this much out of order
 NEWEST_FINDINGS = 8
 QUIET_ADVANCE_NS = 1_000_000_000  # a link quiet for longer moves the flow stage's clock on
 WINDOW_RTT_SAMPLES = 100_000  # per (kind, leg) and window: a uniform subset past this
@@ -120,7 +133,7 @@ class LiveAnalysis:
 
     def __init__(self, label: str, options: AttributionOptions | None = None, *,
                  settle_s: float | None = None, context_s: float = CONTEXT_S,
-                 max_flows: int = MAX_FLOWS) -> None:
+                 max_flows: int = MAX_FLOWS, max_rows: int = MAX_ROWS) -> None:
         self.label = label
         self.options = options or AttributionOptions()
         if settle_s is None:
@@ -128,6 +141,7 @@ class LiveAnalysis:
         self.settle_ns = int(settle_s * 1e9)
         self.context_ns = int(context_s * 1e9)
         self.max_flows = max_flows
+        self.max_rows = max_rows
         self.total = Tally()
         self.window = Tally()
         self.newest: deque[dict] = deque(maxlen=NEWEST_FINDINGS)
@@ -161,10 +175,26 @@ class LiveAnalysis:
         if now_ns is not None:
             self._advance(now_ns)
         self._settle(final=False)
-        if self.generation.flows.flows.shape[0] >= self.max_flows:
+        self._prune_turns()
+        if (self.generation.flows.flows.shape[0] >= self.max_flows
+                or sum(self.retained_rows().values()) >= self.max_rows):
             self._settle(final=True)
             self._new_generation()
         return self._close_window()
+
+    def retained_rows(self) -> dict[str, int]:
+        """What this generation holds, in rows, by kind (what bounds its memory)."""
+        gen = self.generation
+        facts = gen.segment_facts
+        return {
+            "flows_finished": int(gen.flows.flows.shape[0]),
+            "flows_open": int(gen.flows.in_use.sum()),
+            "rsts": int(gen.flows.rsts.shape[0]),
+            "rtt_samples": min(gen.flows.rtt_samples_seen, gen.flows.max_rtt_samples),
+            "turns": int(gen.timeline.turns().shape[0]),
+            "segment_events": int(facts.events.shape[0]),
+            "data_rows": int(facts.data_segments()[0].shape[0]),
+        }
 
     def finish(self) -> tuple[Tally, Tally]:
         """The end of the capture: every flow finished, every RST settled; the last window."""
@@ -207,7 +237,9 @@ class LiveAnalysis:
     def _new_generation(self) -> None:
         self.generation = CaptureAnalysis(path=self.label, engine="native", options=self.options)
         self.generations += 1
-        self._flow_done = np.zeros(0, bool)  # per finished-flow row of this generation
+        # Flows finish out of id order, so rows of the finished-flow table (sorted by id) move;
+        # done is kept per flow id. RST rows are only ever appended: done per row.
+        self._flow_done = np.zeros(0, bool)  # per flow id of this generation
         self._rst_done = np.zeros(0, bool)  # per RST row of this generation
 
     def _close_window(self) -> tuple[Tally, Tally]:
@@ -226,12 +258,13 @@ class LiveAnalysis:
             tracker.finish()
         flows = tracker.flows
         rsts = tracker.rsts
-        self._flow_done = _grow(self._flow_done, flows.shape[0])
+        ids = flows["flow_id"]
+        self._flow_done = _grow(self._flow_done, int(ids.max()) + 1 if ids.shape[0] else 0)
         self._rst_done = _grow(self._rst_done, rsts.shape[0])
         wait_ns = tracker.closed_timeout_ns + self.settle_ns
         old_enough = np.ones(flows.shape[0], bool) if final else (
             (tracker.latest_ts - flows["last_ts"]) >= wait_ns)
-        ready = ~self._flow_done & old_enough
+        ready = ~self._flow_done[ids] & old_enough
         ready_ids = np.sort(flows["flow_id"][ready])
         # An RST row may come after its flow was accounted (the flow stage can hand over a
         # flow's row before the RST rows of its last batch): settle it with the next pass.
@@ -254,8 +287,32 @@ class LiveAnalysis:
                         proxy=o.proxy, log_entries=None)
         self._count_rsts(att, rsts, ctx_rows, rst_ready[ctx_rows])
         self._count_flows(att, ready_ids, tracker.rtts)
-        self._flow_done |= ready
+        self._flow_done[ready_ids] = True
         self._rst_done |= rst_ready
+
+    def _prune_turns(self) -> None:
+        """Drop the turns no question of the join can reach any more (module rules)."""
+        gen = self.generation
+        tracker = gen.flows
+        turns = gen.timeline.turns()
+        if turns.shape[0] == 0 or tracker.latest_ts < 0:
+            return
+        flows = tracker.flows
+        open_rows = np.flatnonzero(tracker.in_use & (tracker.state["flow_id"] >= 0))
+        state = tracker.state
+        starts = np.concatenate((
+            np.where(flows["syn_ts"] >= 0, flows["syn_ts"], flows["first_ts"]),
+            np.where(state["syn_ts"][open_rows] >= 0, state["syn_ts"][open_rows],
+                     state["first_ts"][open_rows])))
+        ids = np.concatenate((flows["flow_id"], state["flow_id"][open_rows]))
+        responses = gen.timeline.table(int(ids.max()) if ids.shape[0] else -1)[
+            "first_data_ts"][ids, 1]
+        keep = needed_turns(turns, np.concatenate((starts, responses)),
+                            tracker.latest_ts - PRUNE_MARGIN_NS)
+        if not keep.all():
+            # Timeline keeps its turns in `_turns` (a list of arrays, joined by `turns()`);
+            # it has no public way to forget some yet (asked of attribution's owner).
+            gen.timeline._turns = [turns[keep]]
 
     def _flow_labels(self, att) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per flow of the attribution (sorted by id): leg, frontend index, server index,
@@ -363,6 +420,34 @@ class LiveAnalysis:
                 if held > WINDOW_RTT_SAMPLES:
                     merged = np.concatenate(parts)
                     parts[:] = [self._rng.choice(merged, WINDOW_RTT_SAMPLES, replace=False)]
+
+
+_NEVER = np.iinfo(np.int64).max
+
+
+def needed_turns(turns: np.ndarray, query_ts: np.ndarray, horizon_ns: int) -> np.ndarray:
+    """Which turns (TURN_DTYPE rows) can answer the leg join's questions, per (flow,
+    direction): the latest turn at or before t, and the first at or after t, for t in
+    `query_ts` (negative: none) or any t >= `horizon_ns`. A turn answers the first question for
+    t in [its time, the next turn's time), the second for t in (the previous turn's time, its
+    time]; it is needed when such an interval holds a time asked about. Answers are times, so
+    of turns at the same time one is enough."""
+    n = turns.shape[0]
+    group = turns["flow_id"].astype(np.int64) * 2 + turns["direction"].astype(np.int64)
+    order = np.lexsort((turns["ts_ns"], group))
+    g, t = group[order], turns["ts_ns"][order]
+    same = g[1:] == g[:-1]
+    later = np.full(n, _NEVER, np.int64)
+    later[:-1] = np.where(same, t[1:], _NEVER)
+    earlier = np.full(n, -_NEVER, np.int64)
+    earlier[1:] = np.where(same, t[:-1], -_NEVER)
+    q = np.sort(query_ts[query_ts >= 0])
+    keep = (later > horizon_ns) | (t >= horizon_ns)
+    keep |= np.searchsorted(q, later, "left") > np.searchsorted(q, t, "left")
+    keep |= np.searchsorted(q, t, "right") > np.searchsorted(q, earlier, "right")
+    out = np.empty(n, bool)
+    out[order] = keep
+    return out
 
 
 def _grow(mask: np.ndarray, n: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 from tracer.analysis import AttributionOptions
 from tracer.live.capture import Capture
-from tracer.live.rolling import CONTEXT_S, MAX_FLOWS, LiveAnalysis
+from tracer.live.rolling import CONTEXT_S, MAX_FLOWS, MAX_ROWS, LiveAnalysis
 from tracer.live.source import END, HANDOFF_BATCHES, CaptureWriter, Handoff, StreamReader
 from tracer.live.view import render_jsonl, render_text, window_document
 
@@ -48,6 +49,7 @@ class LiveSettings:
     settle_s: float | None = None  # None: tracer.live.rolling.settle_for the config
     context_s: float = CONTEXT_S
     max_flows: int = MAX_FLOWS
+    max_rows: int = MAX_ROWS
     handoff_batches: int = HANDOFF_BATCHES
 
 
@@ -87,7 +89,7 @@ async def run_live(settings: LiveSettings) -> LiveResult:
         labels += f" -f {settings.bpf!r}"
     analysis = LiveAnalysis("live: " + ", ".join(settings.interfaces), settings.attribution,
                             settle_s=settings.settle_s, context_s=settings.context_s,
-                            max_flows=settings.max_flows)
+                            max_flows=settings.max_flows, max_rows=settings.max_rows)
     capture = Capture(settings.interfaces, settings.bpf, settings.snaplen, settings.buffer_mb)
     writer = None
     metrics = server = None
@@ -151,6 +153,7 @@ async def run_live(settings: LiveSettings) -> LiveResult:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         drops = _drops(handoff, capture)
+        retained = analysis.retained_rows()  # before finish() closes the open flows
         window, total = analysis.finish()
         _emit(settings, output, analysis, window, total, labels, metrics, drops,
               handoff.dropped_frames > dropped_before, started, final=True)
@@ -169,12 +172,16 @@ async def run_live(settings: LiveSettings) -> LiveResult:
             "dumpcap_interfaces": capture.drops(),
             "handoff_high_water": handoff.high_water,
             "bytes_read": reader.bytes_read,
+            "retained_rows": retained,
             "written": [str(p) for p in writer.paths] if writer else [],
             "since_start": window_document(0, settings.interval_s, window, total, rtt_ms={},
                                            newest=[], unsettled=0, drops=drops, behind=False,
                                            generations=analysis.generations,
                                            elapsed_s=0)["since_start"],
         }
+        # the high-water mark of the whole run, final report included (Linux: kB)
+        summary["live"]["peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return LiveResult(summary=summary, dropped=drops, interrupted=stops > 0)
     finally:
         if reader is not None:
