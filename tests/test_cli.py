@@ -206,3 +206,30 @@ def test_flow_timeouts_are_options():
         bad = run_tracer("analyze", capture, "--flow-idle-timeout", bad_value)
         assert bad.returncode == 2
         assert b"--flow-idle-timeout" in bad.stderr
+
+
+WRITER = """
+import signal, sys
+from tracer.output import write_stdout
+signal.signal(signal.SIGALRM, lambda *_: None)
+signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)  # signals keep cutting writes short
+text = "".join(f"{i:09d}\\n" for i in range(300_000))  # 3 MB
+(write_stdout if sys.argv[1] == "ours" else sys.stdout.write)(text)
+sys.stdout.flush()
+signal.setitimer(signal.ITIMER_REAL, 0)
+"""
+
+
+def test_stdout_reports_are_written_whole_under_signals():
+    """With PYTHONUNBUFFERED (raw stdout) a write into a pipe interrupted by a signal comes back
+    short and TextIOWrapper drops the rest; tracer's writer must not."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    expected = "".join(f"{i:09d}\n" for i in range(300_000))
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, "ours"], stdout=subprocess.PIPE,
+                                env=env)
+        chunks = []
+        while chunk := proc.stdout.read(4096):  # a slow reader keeps the pipe full
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0
+        assert b"".join(chunks).decode() == expected, attempt

@@ -282,8 +282,9 @@ def _write_with(path: str, writer) -> None:
 def _write(output: str, text: str) -> None:
     if output == "-":
         try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            from tracer.output import write_stdout
+
+            write_stdout(text)
         except BrokenPipeError:  # e.g. piped into `head`
             sys.stderr.close()
             sys.exit(0)

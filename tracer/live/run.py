@@ -11,12 +11,17 @@ Theory of operation (asyncio, on uvloop via tracer.pipeline.run):
   abandons the drain (dumpcap killed, the rest of the pipe unread) but still writes the report.
 - Nothing is left running: dumpcap is stopped by PID, the metrics server is shut down, the
   reader thread has ended.
+- Memory: the live state is bounded (tracer.live.rolling); after each window freed heap memory
+  is handed back to the system (`release_freed_memory`), so RSS follows the live state and does
+  not stay at the peak of a stall.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import resource
 import signal
 import sys
@@ -28,6 +33,26 @@ from tracer.live.capture import Capture
 from tracer.live.rolling import CONTEXT_S, MAX_FLOWS, MAX_ROWS, LiveAnalysis
 from tracer.live.source import END, HANDOFF_BATCHES, CaptureWriter, Handoff, StreamReader
 from tracer.live.view import render_jsonl, render_text, window_document
+from tracer.output import write_stdout
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the system. After a stall (the machine busy, the hand-off
+    full of batches, the stages catching up on big batches) glibc keeps the freed memory in
+    its heap: the process's RSS then stays at the stall's peak although the live state is back
+    to its bounded size (measured: 296 MB kept vs 67 MB live after a 64-batch stall)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass
@@ -72,8 +97,11 @@ class _Output:
         try:
             if self.redraw and replace:
                 text = "\x1b[H\x1b[2J" + text
-            self.fh.write(text)
-            self.fh.flush()
+            if self.fh is sys.stdout:
+                write_stdout(text)  # whole, even if a signal cuts a write short
+            else:
+                self.fh.write(text)
+                self.fh.flush()
         except BrokenPipeError:
             self.fh = open("/dev/null", "w")  # noqa: SIM115 - the reader went away; go on
 
@@ -146,6 +174,7 @@ async def run_live(settings: LiveSettings) -> LiveResult:
                 dropped_before = handoff.dropped_frames
                 _emit(settings, output, analysis, window, total, labels, metrics,
                       {"tracer": handoff.dropped_frames}, behind, started)
+                release_freed_memory()
                 next_tick += settings.interval_s * max(
                     1, int((time.monotonic() - next_tick) // settings.interval_s) + 1)
         reader.join(10.0)
