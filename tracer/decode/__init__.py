@@ -25,10 +25,11 @@ from tracer.decode import vocab
 from tracer.decode.fields import Fields, packet_fields, wire_fields
 from tracer.decode.ip import IpLayer, decode_ip
 from tracer.decode.link import LinkLayer, decode_link
+from tracer.decode.payload import PayloadRequest, payload_prefixes
 from tracer.decode.tcp import decode_tcp, fill_tcp
 from tracer.packet import PACKET_DTYPE, TCP_FLAG_NAMES, DecodeCounts, FrameBatch
 
-__all__ = ["decode_frames"]
+__all__ = ["decode_frames", "decode_frames_with_payload"]
 
 
 # Rows decoded together: small enough that a chunk's header bytes stay in the CPU cache
@@ -62,10 +63,34 @@ _FRAME_COLUMNS = ("frame", "ts_ns", "iface", "linktype", "caplen", "wirelen")
 
 def decode_frames(frames: FrameBatch) -> tuple[np.ndarray, DecodeCounts]:
     """One frame batch -> (packet batch of PACKET_DTYPE, what was counted)."""
+    packets, counts, _ = _decode(frames, None)
+    return packets, counts
+
+
+def decode_frames_with_payload(frames: FrameBatch, request: PayloadRequest
+                               ) -> tuple[np.ndarray, DecodeCounts, np.ndarray]:
+    """`decode_frames` plus the side output of tracer.decode.payload: the first
+    `request.prefix_bytes` payload bytes of the packet rows `request.select` picks
+    (payload_dtype rows, in packet row order)."""
+    transport = np.empty(len(frames), _TRANSPORT_DTYPE)
+    packets, counts, made = _decode(frames, transport)
+    transport = transport[:made]
+    rows = request.rows(packets)
+    return packets, counts, payload_prefixes(frames, packets, transport, rows,
+                                             request.prefix_bytes)
+
+
+# Per packet row, where its frame is in the batch and where TCP starts in it (only made when a
+# consumer asked for payload).
+_TRANSPORT_DTYPE = np.dtype([("index", np.int64), ("l4", np.int64)])
+
+
+def _decode(frames: FrameBatch, transport: np.ndarray | None
+            ) -> tuple[np.ndarray, DecodeCounts, int]:
     n = len(frames)
     counts = DecodeCounts(frames=n)
     if n == 0:
-        return np.zeros(0, PACKET_DTYPE), counts
+        return np.zeros(0, PACKET_DTYPE), counts, 0
     counts.linktypes = _count_values(frames.linktype)
     # One output array for the whole batch, filled chunk after chunk: no concatenation. Each
     # chunk zeroes its own rows just before filling them, while they are in the cache.
@@ -75,7 +100,8 @@ def decode_frames(frames: FrameBatch) -> tuple[np.ndarray, DecodeCounts]:
     codes: dict[str, dict[int, int]] = {"drop": {}, "nontcp": {}}
     for lo in range(0, n, DECODE_CHUNK_ROWS):
         hi = min(lo + DECODE_CHUNK_ROWS, n)
-        filled += _decode_chunk(frames.rows(slice(lo, hi)), out, filled, counts, flag_hist, codes)
+        filled += _decode_chunk(frames.rows(slice(lo, hi)), out, filled, counts, flag_hist, codes,
+                                transport, lo)
     out = out[:filled] if filled == n else out[:filled].copy()
     for code, value in sorted(codes["drop"].items()):
         name = vocab.DROP_REASONS[code]
@@ -85,7 +111,7 @@ def decode_frames(frames: FrameBatch) -> tuple[np.ndarray, DecodeCounts]:
         counts.non_tcp[name] = counts.non_tcp.get(name, 0) + value
     counts.tcp_packets = filled
     counts.flag_counts = _flag_counts(flag_hist)
-    return out, counts
+    return out, counts, filled
 
 
 def flag_counts(flags: np.ndarray) -> dict[str, int]:
@@ -102,11 +128,14 @@ def _flag_counts(per_value: np.ndarray) -> dict[str, int]:
 
 
 def _decode_chunk(frames: FrameBatch, dest: np.ndarray, at: int, counts: DecodeCounts,
-                  flag_hist: np.ndarray, codes: dict[str, dict[int, int]]) -> int:
+                  flag_hist: np.ndarray, codes: dict[str, dict[int, int]],
+                  transport: np.ndarray | None = None, first_index: int = 0) -> int:
     """Decode one chunk into dest[at:]; returns the rows made.
 
     Adds kept-row anomalies to `counts`, flag values to `flag_hist`, and the drop and non-TCP
     codes of the frames without a row to `codes` (named once per batch, in code order).
+    `transport` (payload requested): per row made, the frame's index in the batch
+    (`first_index` is this chunk's) and its transport header offset.
     """
     n = len(frames)
     f = Fields(frames.data, frames.offset, frames.caplen)
@@ -147,6 +176,10 @@ def _decode_chunk(frames: FrameBatch, dest: np.ndarray, at: int, counts: DecodeC
             anomalies[name] = anomalies.get(name, 0) + value
         hist = np.bincount(out["flags"] & 0x1FF, minlength=512)
         flag_hist += hist
+        if transport is not None:
+            where = transport[at : at + k]
+            where["index"] = first_index + (np.arange(n) if kept is None else kept)
+            where["l4"] = ip.l4 if kept is None else ip.l4[kept]
     if k != n:
         for kind, values in (("drop", drop), ("nontcp", np.where(drop == 0, nontcp, 0))):
             values = values[values != 0]
