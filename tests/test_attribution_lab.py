@@ -230,7 +230,8 @@ def test_frontend_mode_inferred_from_byte_counts_matches_the_config(scenario):
 
     analysis, _ = run(analyze_native(str(_capture(scenario)), attribution=_options(scenario, "config")))
     a = analysis.attribution
-    inferred = infer_mode(a.flows, a.roles.leg, a.join.front_of)
+    inferred = infer_mode(a.flows, a.roles.leg, a.join.front_of,
+                          None if a.claims is None else a.claims["proxy_len"])
     front = (a.roles.leg == av.LEG_FRONTEND) & (a.roles.frontend >= 0)
     modes = np.array([1 if f.mode == "http" else 0 for f in a.topology.frontends], np.int8)
     configured = modes[a.roles.frontend[front]]

@@ -19,6 +19,7 @@ import numpy as np
 from tracer.attribution import Attribution, Timeline, attribute
 from tracer.attribution import summary as attribution_summary
 from tracer.attribution.config import Config
+from tracer.attribution.prefixes import StreamPrefixes
 from tracer.decode.vocab import linktype_name
 from tracer.flows import FlowTracker
 from tracer.flows import vocab as fv
@@ -39,6 +40,21 @@ class AttributionOptions:
     proxy: list[str] | None = None
     log_entries: list | None = None
     enabled: bool = True
+    # read what HAProxy writes into server connections about the client (PROXY protocol,
+    # forwarded-for, unique id) for the leg join. None: when the config says HAProxy writes
+    # some; without a config, while the first streams show some (a probe, see
+    # tracer.attribution.prefixes); never with a config that says it writes none.
+    payload: bool | None = None
+
+    def wants_payload(self) -> bool:
+        if not self.enabled:
+            return False
+        if self.payload is not None:
+            return self.payload
+        return self.config is None or self.config.payload_signals
+
+    def probes_payload(self) -> bool:
+        return self.payload is None and self.config is None
 
 
 @dataclass
@@ -58,13 +74,19 @@ class CaptureAnalysis:
     attribution: Attribution | None = None
     segment_facts: SegmentFacts = field(default_factory=SegmentFacts)  # for tracer.patterns
     patterns: Patterns | None = None
+    prefixes: StreamPrefixes | None = None  # with options.wants_payload()
 
     def __post_init__(self) -> None:
         if self.flows is None:
             on = self.options.enabled
             self.flows = FlowTracker(keep_flows=on, keep_segments=on)
+        if self.prefixes is None and self.options.wants_payload():
+            self.prefixes = StreamPrefixes(probe=self.options.probes_payload())
 
-    def add(self, packets: np.ndarray, counts: DecodeCounts) -> None:
+    def add(self, packets: np.ndarray, counts: DecodeCounts,
+            payload: np.ndarray | None = None) -> None:
+        """`payload`: decode's payload prefixes of this batch (tracer.decode.payload), when
+        options.wants_payload()."""
         self.counts.merge(counts)
         if packets.shape[0] == 0:
             return
@@ -73,6 +95,8 @@ class CaptureAnalysis:
             seg, pk = segments_with_packets(packets, self.flows.take_segments())
             self.timeline.add(seg, pk)
             self.segment_facts.add(seg, pk)
+            if self.prefixes is not None and payload is not None:
+                self.prefixes.add(seg, payload)
         versions, n = np.unique(packets["ip_version"], return_counts=True)
         for version, count in zip(versions.tolist(), n.tolist(), strict=True):
             self.ip_versions[version] = self.ip_versions.get(version, 0) + count
@@ -103,7 +127,7 @@ class CaptureAnalysis:
             o = self.options
             self.attribution = attribute(self.flows.flows, self.flows.rsts, self.flows.rtts,
                                          self.timeline, config=o.config, proxy=o.proxy,
-                                         log_entries=o.log_entries)
+                                         log_entries=o.log_entries, prefixes=self.prefixes)
             extra = attribution_summary(self.attribution)
             self.patterns = analyze_patterns(
                 self.attribution, self.flows.rtts, self.timeline, self.segment_facts,

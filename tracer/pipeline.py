@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tracer.analysis import AttributionOptions, CaptureAnalysis
-from tracer.decode import decode_frames, flag_counts
+from tracer.decode import decode_frames, decode_frames_with_payload, flag_counts
+from tracer.decode.payload import PayloadRequest
 from tracer.filter import Mask
 from tracer.flows import FlowTracker
 from tracer.packet import DecodeCounts
@@ -94,24 +95,34 @@ async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object]
 COALESCE_ROWS = 32768
 
 
-def coalesced(batches: Iterator[tuple[np.ndarray, DecodeCounts]],
-              min_rows: int = COALESCE_ROWS) -> Iterator[tuple[np.ndarray, DecodeCounts]]:
-    """Decoded batches of at least `min_rows` packets (the last one may be smaller), in order."""
+def coalesced(batches: Iterator[tuple],
+              min_rows: int = COALESCE_ROWS) -> Iterator[tuple]:
+    """Decoded batches of at least `min_rows` packets (the last one may be smaller), in order.
+    Items are (packets, counts) or, with payload prefixes, (packets, counts, prefixes)."""
     held: list[np.ndarray] = []
+    extra: list[np.ndarray] = []
     counts: DecodeCounts | None = None
     rows = 0
-    for packets, more in batches:
+
+    def joined() -> tuple:
+        packets = held[0] if len(held) == 1 else np.concatenate(held)
+        if not extra:
+            return packets, counts
+        return packets, counts, extra[0] if len(extra) == 1 else np.concatenate(extra)
+
+    for packets, more, *prefixes in batches:
         held.append(packets)
+        extra.extend(prefixes)
         if counts is None:
             counts = more
         else:
             counts.merge(more)
         rows += packets.shape[0]
         if rows >= min_rows:
-            yield (held[0] if len(held) == 1 else np.concatenate(held)), counts
-            held, counts, rows = [], None, 0
+            yield joined()
+            held, extra, counts, rows = [], [], None, 0
     if counts is not None:
-        yield (held[0] if len(held) == 1 else np.concatenate(held)), counts
+        yield joined()
 
 
 async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = None,
@@ -158,11 +169,17 @@ async def _analyze_native(paths, labels, options, tracker, packet_filter, filter
             def decoded(reader=reader) -> Iterator[tuple]:
                 # Decoding in the reader's thread overlaps it with the flow stage of the
                 # previous batch (numpy releases the GIL in both).
-                return coalesced(decode_frames(frames) for frames in reader.batches())
+                prefixes = analysis.prefixes
+                if prefixes is None:
+                    return coalesced(decode_frames(frames) for frames in reader.batches())
+                request = PayloadRequest(prefixes.k)
+                # payload only while the prefix store wants it (it may stop after probing)
+                return coalesced(decode_frames_with_payload(frames, request) if prefixes.active
+                                 else decode_frames(frames) for frames in reader.batches())
 
             def handle(item, reader=reader) -> None:
-                packets, counts = item
-                _add(analysis, packets, counts, packet_filter)
+                packets, counts, *payload = item
+                _add(analysis, packets, counts, packet_filter, *payload)
                 if progress is not None:
                     progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
 
@@ -220,11 +237,11 @@ async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
 
 
 def _add(analysis: CaptureAnalysis, packets: np.ndarray, counts: DecodeCounts,
-         packet_filter: Mask | None) -> None:
+         packet_filter: Mask | None, payload: np.ndarray | None = None) -> None:
     if packet_filter is not None and packets.shape[0]:
         keep = packet_filter(packets)
         analysis.filtered_out += int(packets.shape[0] - np.count_nonzero(keep))
         packets = packets[keep]
         # Per-segment facts describe what the filter kept; frame-level counts stay whole.
         counts.flag_counts = flag_counts(packets["flags"])
-    analysis.add(packets, counts)
+    analysis.add(packets, counts, payload)

@@ -19,7 +19,7 @@ import numpy as np
 
 from tracer.attribution import vocab as av
 from tracer.attribution.config import Config
-from tracer.attribution.join import Join, TurnIndex, join_legs
+from tracer.attribution.join import Join, TurnIndex, apply_payload_join, join_legs
 from tracer.attribution.rst import (
     BE_TIMEOUTS,
     FE_TIMEOUTS,
@@ -51,6 +51,7 @@ class Attribution:
     result: RstAttribution
     log: dict | None = None  # agreement with HAProxy's log, when one was given
     notes: list[str] = field(default_factory=list)
+    claims: np.ndarray | None = None  # per flow, what payload named (join.CLAIM_DTYPE)
 
 
 def settings_for(topo: Topology, config: Config | None) -> Settings:
@@ -176,8 +177,10 @@ def _routed_server(topo: Topology, settings: Settings, roles: FlowRoles, join: J
 
 def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: Timeline, *,
               config: Config | None = None, proxy: list[str] | None = None,
-              log_entries=None) -> Attribution:
-    """Everything attribution says about one capture (see the module docstring)."""
+              log_entries=None, prefixes=None) -> Attribution:
+    """Everything attribution says about one capture (see the module docstring).
+    `prefixes` (tracer.attribution.prefixes.StreamPrefixes): the flows' first bytes, when
+    payload was captured for the join."""
     flows = flows[np.argsort(flows["flow_id"], kind="stable")]
     max_id = int(flows["flow_id"].max()) if flows.shape[0] else -1
     tl = timeline.table(max_id)[flows["flow_id"]] if flows.shape[0] else timeline.table(-1)
@@ -203,21 +206,26 @@ def attribute(flows: np.ndarray, rsts: np.ndarray, rtts: np.ndarray, timeline: T
                      client_left_ts=client_left, queue_grace_ns=_queue_grace(config),
                      turns=turn_index, response_ts=tl["first_data_ts"][:, 1],
                      connect_ns=_connect_timeouts(config, topo, roles))
+    unique_ids = proxy_len = claims = None
+    if prefixes is not None:
+        claims, unique_ids = prefixes.claims(flows, join_leg, config)
+        apply_payload_join(flows, join_leg, join, claims, queue_grace_ns=_queue_grace(config))
+        proxy_len = claims["proxy_len"]
     log_report = None
     if log_entries is not None:
         from tracer.attribution.logs import apply_log_join
 
-        log_report = apply_log_join(log_entries, flows, roles, join, topo)
+        log_report = apply_log_join(log_entries, flows, roles, join, topo, unique_ids)
     _routed_server(topo, settings, roles, join)
     inferred_http = None
     if not settings.known:
-        inferred_http = infer_mode(flows, roles.leg, join.front_of)
+        inferred_http = infer_mode(flows, roles.leg, join.front_of, proxy_len)
         topo.notes.extend(_mode_notes(flows, roles, inferred_http))
     result = attribute_rsts(rsts, flows, tl, roles.leg, roles.frontend, roles.server, join, settings,
                             ttl_baseline(flows, tl), host_min_rtt(rtts, flows), check=roles.check,
                             inferred_http=inferred_http)
     attribution = Attribution(topology=topo, flows=flows, roles=roles, join=join, rsts=rsts,
-                              result=result)
+                              result=result, claims=claims)
     if log_entries is not None:
         from tracer.attribution.logs import agreement
 

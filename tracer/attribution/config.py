@@ -75,6 +75,7 @@ class Server:
     check_inter_ns: int | None = None
     source: str | None = None
     maxconn: int | None = None
+    send_proxy: int = 0  # PROXY protocol version HAProxy sends to it (`send-proxy[-v2]`)
 
 
 @dataclass
@@ -95,6 +96,9 @@ class Proxy:
     log_format: str | None = None
     default_backend: str | None = None
     use_backends: list[str] = field(default_factory=list)
+    forwardfor_header: str | None = None  # `option forwardfor [header NAME]`
+    unique_id_format: str | None = None
+    unique_id_header: str | None = None
     line: int = 0
 
     @property
@@ -132,6 +136,13 @@ class Config:
     @property
     def backends(self) -> list[Proxy]:
         return [p for p in self.proxies if p.is_backend]
+
+    @property
+    def payload_signals(self) -> bool:
+        """Whether HAProxy writes something into server connections that names the client
+        (PROXY protocol, a forwarded-for or unique-id header): the leg join reads it."""
+        return any(s.send_proxy for p in self.backends for s in p.servers) or any(
+            p.forwardfor_header or p.unique_id_header for p in self.proxies)
 
     def backend(self, name: str) -> Proxy | None:
         return next((p for p in self.backends if p.name == name), None)
@@ -306,6 +317,9 @@ def _inherit(base: Proxy, kind: str, name: str, line: int) -> Proxy:
                  options=set(base.options), retries=base.retries,
                  maxconn=base.maxconn if kind != "backend" else None,
                  source=base.source, log_format=base.log_format, line=line,
+                 forwardfor_header=base.forwardfor_header,
+                 unique_id_format=base.unique_id_format,
+                 unique_id_header=base.unique_id_header,
                  servers=[] if kind != "defaults" else list(base.servers),
                  rules=[])
 
@@ -333,8 +347,13 @@ def _apply(p: Proxy, words: list[str]) -> bool:
             if args[0] != "option":
                 return False
             p.options.discard(args[1])
+            if args[1] == "forwardfor":
+                p.forwardfor_header = None
             return True
         p.options.add(args[0])
+        if args[0] == "forwardfor":
+            p.forwardfor_header = (args[args.index("header") + 1]
+                                   if "header" in args[:-1] else "X-Forwarded-For")
         if args[0] == "httplog":
             p.options.discard("tcplog")
         return True
@@ -364,6 +383,12 @@ def _apply(p: Proxy, words: list[str]) -> bool:
             p.rules.append(Rule(keyword, stage, rest[0], rst_ttl, " ".join(words)))
             return True
         return False
+    if keyword == "unique-id-format":
+        p.unique_id_format = " ".join(args)
+        return True
+    if keyword == "unique-id-header":
+        p.unique_id_header = args[0]
+        return True
     if keyword == "server":
         p.servers.append(_server(args))
         return True
@@ -398,4 +423,6 @@ def _server(args: list[str]) -> Server:
             server.source = src.address if src else None
         elif word == "maxconn" and nxt and nxt.isdigit():
             server.maxconn = int(nxt)
+        elif word in ("send-proxy", "send-proxy-v2", "send-proxy-v2-ssl", "send-proxy-v2-ssl-cn"):
+            server.send_proxy = 1 if word == "send-proxy" else 2
     return server

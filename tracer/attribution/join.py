@@ -98,7 +98,8 @@ class Join:
 
     front_of: np.ndarray  # per flow: the frontend flow row a backend flow served (-1: none)
     candidates: np.ndarray  # per flow: how many frontend flows were possible (backend flows)
-    method: np.ndarray  # per flow: 0 none, 1 timing, 2 log, 3 queued stream whose client left
+    method: np.ndarray  # per flow: 0 none, 1 timing, 2 log, 3 queued stream whose client left,
+    # 4 payload (METHOD_PAYLOAD)
     stats: dict = field(default_factory=dict)
 
 
@@ -321,3 +322,117 @@ def backends_of(front_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     lo = np.searchsorted(keys, np.arange(n), side="left")
     hi = np.searchsorted(keys, np.arange(n), side="right")
     return order, lo, hi
+
+
+# What a server connection's payload named (tracer.attribution.payload), per flow.
+CLAIM_DTYPE = np.dtype([("source", np.int8),  # index into CLAIM_SOURCES, -1: no claim
+                        ("hi", np.uint64), ("lo", np.uint64),
+                        ("port", np.int32),  # -1: the address only
+                        ("proxy_len", np.int32)])  # PROXY protocol header bytes (0: none)
+CLAIM_SOURCES = ("proxy_v1", "proxy_v2", "unique_id", "forwarded_for", "real_ip")
+METHOD_PAYLOAD = 4
+
+
+def no_claims(n: int) -> np.ndarray:
+    c = np.zeros(n, CLAIM_DTYPE)
+    c["source"] = -1
+    c["port"] = -1
+    return c
+
+
+def _endpoint_key(hi: np.ndarray, lo: np.ndarray, port: np.ndarray) -> np.ndarray:
+    h = hi.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ lo.astype(np.uint64)
+    h = (h ^ (h >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)
+    return h ^ port.astype(np.uint64)
+
+
+def apply_payload_join(flows: np.ndarray, leg: np.ndarray, join: Join, claims: np.ndarray,
+                       queue_grace_ns: int = QUEUE_GRACE_NS) -> None:
+    """Payload over timing. A backend flow whose first bytes name its client's address and port
+    (PROXY protocol, a unique id with %ci:%cp) joins the frontend flow from that address and
+    port that was open when it started (the latest started before it; a client that left may
+    still be served from a queue for `queue_grace_ns`), whatever timing said. One that names
+    the address only (forwarded-for, X-Real-IP) checks timing: a timing join to a flow from
+    another address is replaced by the latest-started open frontend flow from the named one.
+    Counts into join.stats how many joins payload made, confirmed and contradicted."""
+    backs = np.flatnonzero((leg == av.LEG_BACKEND) & (claims["source"] >= 0))
+    fronts = np.flatnonzero(leg == av.LEG_FRONTEND)
+    stats = join.stats
+    by_source = np.bincount(claims["source"][backs].astype(np.int64), minlength=len(CLAIM_SOURCES))
+    stats["payload_claims"] = int(backs.size)
+    stats["payload_claims_by_source"] = {name: int(by_source[i])
+                                         for i, name in enumerate(CLAIM_SOURCES) if by_source[i]}
+    for name in ("payload_joined", "payload_confirmed", "payload_contradicted", "payload_unmatched"):
+        stats[name] = 0
+    if backs.size == 0 or fronts.size == 0:
+        return
+    start = flow_start(flows)
+    b_start = start[backs]
+    exact = claims["port"][backs] >= 0
+    port = np.where(exact, claims["port"][backs], 0)
+    # frontend flows by (client address, port) and by client address, each sorted by start
+    f_port = flows["initiator_port"][fronts].astype(np.int64)
+    chosen = np.full(backs.size, NONE, np.int64)
+    for use_port in (True, False):
+        q = np.flatnonzero(exact == use_port)
+        if q.size == 0:
+            continue
+        fk = _endpoint_key(flows["initiator_hi"][fronts], flows["initiator_lo"][fronts],
+                           f_port if use_port else np.zeros(fronts.size, np.int64))
+        o = np.lexsort((start[fronts], fk))
+        fk_s, rows_s = fk[o], fronts[o]
+        s_s = start[rows_s]
+        qk = _endpoint_key(claims["hi"][backs[q]], claims["lo"][backs[q]],
+                           port[q] if use_port else np.zeros(q.size, np.int64))
+        # the latest frontend flow of that key started at or before the backend flow
+        hi_pos = np.searchsorted(fk_s, qk, side="right")
+        lo_pos = np.searchsorted(fk_s, qk, side="left")
+        pos = _last_at_or_before(s_s, lo_pos, hi_pos, b_start[q])
+        ok = pos >= 0
+        cand = np.where(ok, rows_s[np.maximum(pos, 0)], NONE)
+        last = flows["last_ts"][np.maximum(cand, 0)]
+        open_then = ok & (last + (queue_grace_ns if use_port else 0) >= b_start[q])
+        chosen[q] = np.where(open_then, cand, NONE)
+    current = join.front_of[backs]
+    cur = np.maximum(current, 0)
+    same_addr = ((current >= 0) & (flows["initiator_hi"][cur] == claims["hi"][backs])
+                 & (flows["initiator_lo"][cur] == claims["lo"][backs]))
+    confirmed = np.where(exact, (chosen >= 0) & (current == chosen), same_addr)
+    contradicted = (current >= 0) & ~confirmed & (chosen >= 0)
+    fresh = (current < 0) & (chosen >= 0) & exact
+    take = contradicted | fresh
+    join.front_of[backs[take]] = chosen[take]
+    join.method[backs[take]] = METHOD_PAYLOAD
+    join.candidates[backs[take]] = 1
+    stats["payload_joined"] = int(take.sum())
+    stats["payload_confirmed"] = int(confirmed.sum())
+    stats["payload_contradicted"] = int(contradicted.sum())
+    stats["payload_unmatched"] = int((chosen < 0).sum() - (~exact & same_addr & (chosen < 0)).sum())
+    all_backs = np.flatnonzero(leg == av.LEG_BACKEND)
+    joined = join.front_of[all_backs] >= 0
+    stats["backend_flows_joined"] = int(joined.sum())
+    stats["backend_flows_unjoined"] = int((~joined).sum())
+    stats["frontend_flows_with_backend"] = int(np.unique(join.front_of[join.front_of >= 0]).size)
+    stats["join_rate"] = float(joined.mean()) if all_backs.size else None
+
+
+def _last_at_or_before(sorted_ts: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                       t: np.ndarray) -> np.ndarray:
+    """Per query: the index in [lo, hi) of the last sorted_ts <= t (runs sorted), else -1."""
+    if sorted_ts.size == 0:
+        return np.full(t.shape, -1, np.int64)
+    # a binary search of every run at once: log2(longest run) whole-array steps
+    out = np.full(t.shape, -1, np.int64)
+    a, b = lo.astype(np.int64), hi.astype(np.int64)
+    while True:
+        live = a < b
+        if not live.any():
+            break
+        mid = (a + b) // 2
+        le = live & (sorted_ts[np.minimum(mid, sorted_ts.size - 1)] <= t)
+        a = np.where(le, mid + 1, a)
+        b = np.where(live & ~le, mid, b)
+    found = a - 1
+    ok = (found >= lo) & (found < hi)
+    out[ok] = found[ok]
+    return out

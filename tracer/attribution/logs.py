@@ -51,7 +51,7 @@ _VARS = {
     "TR": _NUM, "Tw": _NUM, "Tc": _NUM, "Tr": _NUM, "Ta": _NUM, "Tt": _NUM, "Th": _NUM,
     "Ti": _NUM, "Tq": _NUM, "ST": _NUM, "B": _NUM, "ts": r"\S{2}", "tsc": r"\S{4}",
     "ac": _NUM, "fc": _NUM, "bc": _NUM, "sc": _NUM, "rc": _NUM, "sq": _NUM, "bq": _NUM,
-    "CC": r"\S+", "CS": r"\S+",
+    "CC": r"\S+", "CS": r"\S+", "ID": r"\S+",
 }
 _TOKEN = re.compile(r"%(\{[^}]*\})?(\[[^\]]*\]|[A-Za-z]+)")
 _STREAM_LIKE = re.compile(r"[0-9A-Fa-f:.\]]+:\d+ \[\d{2}/[A-Za-z]{3}/\d{4}")
@@ -120,6 +120,7 @@ class LogEntries:
     other: int = 0  # not a stream's line (server UP/DOWN, warnings, notices)
     first_line: str = ""
     unparsed_examples: list[str] = field(default_factory=list)
+    unique_id: list[str] = field(default_factory=list)  # %ID per row ("" without)
 
 
 def _date_ns(text: str) -> int:
@@ -186,6 +187,7 @@ def parse_log(text: str, path: str = "haproxy.log", config: Config | None = None
         fe.append(g.get("ft") or g.get("f") or "")
         be.append(g.get("b") or "")
         sv.append(g.get("s") or "")
+        entries.unique_id.append(g.get("ID") or "")
     entries.rows = np.array(rows, LOG_DTYPE) if rows else np.zeros(0, LOG_DTYPE)
     return entries
 
@@ -231,8 +233,36 @@ def _nearest(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, q_times: n
     return np.where(count > 0, chosen, -1), count
 
 
-def apply_log_join(entries: LogEntries, flows: np.ndarray, roles, join, topo) -> dict:
-    """Ties log lines to frontend flows; with %bi:%bp, sets the exact backend join."""
+def _unique_id_join(entries: LogEntries, flow_row: np.ndarray, join, backend_unique_ids, roles
+                    ) -> None:
+    """A unique id is one stream's: the server connection that carried it served the stream
+    whose log line has it (a loop over server connections with an id)."""
+    by_id = {uid: int(row) for uid, row in zip(entries.unique_id, flow_row.tolist(), strict=True)
+             if uid and uid != "-" and row >= 0}
+    joined = changed = 0
+    for b, uid in backend_unique_ids.items():
+        f = by_id.get(uid)
+        if f is None:
+            continue
+        joined += 1
+        changed += int(join.front_of[b] != f)
+        join.front_of[b] = f
+        join.method[b] = 2
+        join.candidates[b] = 1
+    join.stats["log_unique_id_joins"] = joined
+    join.stats["log_unique_id_changed_joins"] = changed
+    backs = np.flatnonzero(roles.leg == av.LEG_BACKEND)
+    ok = join.front_of[backs] >= 0
+    join.stats["backend_flows_joined"] = int(ok.sum())
+    join.stats["backend_flows_unjoined"] = int((~ok).sum())
+    join.stats["join_rate"] = float(ok.mean()) if backs.size else None
+
+
+def apply_log_join(entries: LogEntries, flows: np.ndarray, roles, join, topo,
+                   backend_unique_ids: dict[int, str] | None = None) -> dict:
+    """Ties log lines to frontend flows; with %bi:%bp, sets the exact backend join; with %ID
+    in the log and the unique-id header read from server connections (`backend_unique_ids`:
+    backend flow row -> id), a server connection joins the stream whose line logged its id."""
     rows = entries.rows
     fronts = np.flatnonzero(roles.leg == av.LEG_FRONTEND)
     start = np.where(flows["syn_ts"] >= 0, flows["syn_ts"], flows["first_ts"])
@@ -289,6 +319,8 @@ def apply_log_join(entries: LogEntries, flows: np.ndarray, roles, join, topo) ->
         join.stats["backend_flows_joined"] = int(joined.sum())
         join.stats["backend_flows_unjoined"] = int((~joined).sum())
         join.stats["join_rate"] = float(joined.mean()) if backs_all.size else None
+    if backend_unique_ids and any(entries.unique_id):
+        _unique_id_join(entries, entries_flow, join, backend_unique_ids, roles)
     entries.__dict__["flow_row"] = entries_flow
     return {
         "path": entries.path,

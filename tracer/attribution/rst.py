@@ -836,7 +836,8 @@ def _endpoint_key(flows: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
             ^ (flows["responder_port"][rows].astype(np.uint64) << np.uint64(48)))
 
 
-def infer_mode(flows: np.ndarray, leg: np.ndarray, front_of: np.ndarray) -> np.ndarray:
+def infer_mode(flows: np.ndarray, leg: np.ndarray, front_of: np.ndarray,
+               proxy_len: np.ndarray | None = None) -> np.ndarray:
     """Per flow: 1 http mode, 0 tcp mode, -1 unknown, from payload sizes alone. In tcp mode
     HAProxy forwards the bytes unchanged: a stream served by one server connection carries
     exactly as many bytes each way on both legs. In http mode HAProxy re-writes the headers it
@@ -844,7 +845,8 @@ def infer_mode(flows: np.ndarray, leg: np.ndarray, front_of: np.ndarray) -> np.n
     (address, port) where MODE_SHARE of at least MODE_MIN_STREAMS answered streams are
     byte-identical is tcp, where MODE_SHARE differ is http (lab: 100% either way on every
     endpoint); its backend flows take its mode. Unknown otherwise (the rules then treat the
-    flow as http-or-unknown)."""
+    flow as http-or-unknown). `proxy_len`: per flow, the PROXY protocol header HAProxy sent
+    before the stream's bytes (tracer.attribution.payload), not counted."""
     out = np.full(flows.shape[0], -1, np.int8)
     backs = np.flatnonzero((leg == av.LEG_BACKEND) & (front_of >= 0))
     if backs.size == 0:
@@ -855,7 +857,10 @@ def infer_mode(flows: np.ndarray, leg: np.ndarray, front_of: np.ndarray) -> np.n
     backs, fronts = backs[single], fronts[single]
     if backs.size == 0:
         return out
-    same = ((flows["payload_bytes"][backs, 0] == flows["payload_bytes"][fronts, 0])
+    sent = flows["payload_bytes"][backs, 0].astype(np.int64)
+    if proxy_len is not None:
+        sent = sent - proxy_len[backs]
+    same = ((sent == flows["payload_bytes"][fronts, 0])
             & (flows["payload_bytes"][backs, 1] == flows["payload_bytes"][fronts, 1]))
     uniq, inv = np.unique(_endpoint_key(flows, fronts), return_inverse=True)
     inv = inv.ravel()
