@@ -15,6 +15,10 @@ Rules:
   peek at the request head (MSG_PEEK: the bytes stay unread in the kernel), report it, then
   hold the connection without reading for DEAF_HOLD_S. A process killed meanwhile leaves
   unread bytes behind, so its kernel resets the connection instead of closing it with a FIN.
+- Optional PROXY protocol listeners (`--proxy-http`, `--proxy-tcp`): every connection must
+  start with a PROXY protocol header, v1 or v2 (HAProxy's `send-proxy`, `send-proxy-v2`),
+  which is read and reported as `"proxied": "client ip:port"` (and `"pp": 1|2`) in the
+  connection's records; a connection without one is closed (`"did": "no-proxy-header"`).
 
 Theory of operation: an HTTP request's path is `/<route>/<id>/<behaviour>`, a tcp-mode
 connection's first line is `<id> <behaviour>`. The behaviour is what the server does next:
@@ -82,10 +86,50 @@ def _http_answer(conn_id: str, body_len: int) -> bytes:
             f"X-Lab-Id: {conn_id}\r\n\r\n").encode()
 
 
-async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, http: bool) -> None:
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+async def _read_proxy(reader: asyncio.StreamReader) -> tuple[int, str] | None:
+    """A PROXY protocol header (haproxy.org proxy-protocol.txt): (version, "client ip:port")."""
+    import ipaddress
+
+    try:
+        first = await asyncio.wait_for(reader.readexactly(6), IDLE_S)
+        if first == b"PROXY ":
+            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_S)
+            words = line.decode("ascii").split()
+            return 1, (f"{words[1]}:{words[3]}" if words[0] in ("TCP4", "TCP6") else "?")
+        if first != PROXY_V2_SIGNATURE[:6]:
+            return None
+        rest = await asyncio.wait_for(reader.readexactly(10), IDLE_S)
+        head = first + rest
+        if head[:12] != PROXY_V2_SIGNATURE:
+            return None
+        block = await asyncio.wait_for(reader.readexactly(int.from_bytes(head[14:16], "big")),
+                                       IDLE_S)
+        if head[13] == 0x11:
+            return 2, f"{ipaddress.IPv4Address(block[0:4])}:{int.from_bytes(block[8:10], 'big')}"
+        if head[13] == 0x21:
+            return 2, f"{ipaddress.IPv6Address(block[0:16])}:{int.from_bytes(block[32:34], 'big')}"
+        return 2, "?"
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+            ConnectionError, UnicodeDecodeError, IndexError, ValueError):
+        return None
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, http: bool,
+                 proxied: bool = False) -> None:
     peer = writer.get_extra_info("peername")
     record: dict = {"peer": f"{peer[0]}:{peer[1]}", "http": http, "t": time.time()}
+    pp_fields: dict = {}
     try:
+        if proxied:
+            header = await _read_proxy(reader)
+            if header is None:
+                record["did"] = "no-proxy-header"
+                return
+            pp_fields = {"pp": header[0], "proxied": header[1]}
+            record.update(pp_fields)
         for request_no in range(16):  # keep-alive, bounded
             head = await _read_head(reader, http)
             if head is None:
@@ -99,7 +143,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, htt
                 conn_id, behaviour = (words + ["?", "ok"])[:2]
             record.update(id=conn_id, behaviour=behaviour)
             _report({"req": True, "peer": record["peer"], "id": conn_id,
-                     "behaviour": behaviour, "n": request_no, "t": time.time()})
+                     "behaviour": behaviour, "n": request_no, "t": time.time(), **pp_fields})
             done = await _behave(reader, writer, http, conn_id, behaviour)
             record["did"] = done
             if done != "answered" or not http:
@@ -242,9 +286,12 @@ async def _main(args: argparse.Namespace) -> None:
     global IDLE_S
     IDLE_S = args.idle
     servers = []
-    for spec, http in [(s, True) for s in args.http] + [(s, False) for s in args.tcp]:
+    listeners = ([(s, True, False) for s in args.http] + [(s, False, False) for s in args.tcp]
+                 + [(s, True, True) for s in args.proxy_http]
+                 + [(s, False, True) for s in args.proxy_tcp])
+    for spec, http, proxied in listeners:
         servers.append(await asyncio.start_server(
-            lambda r, w, h=http: _serve(r, w, h), *_split(spec), limit=MAX_HEAD))
+            lambda r, w, h=http, p=proxied: _serve(r, w, h, p), *_split(spec), limit=MAX_HEAD))
     checks = await _check_listeners(args.check)
     for spec in args.deaf:
         _deaf_listener(spec)
@@ -269,6 +316,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--http", action="append", default=[], help="HOST:PORT for HTTP")
     parser.add_argument("--tcp", action="append", default=[], help="HOST:PORT for line mode")
+    parser.add_argument("--proxy-http", action="append", default=[],
+                        help="HOST:PORT for HTTP behind a PROXY protocol header")
+    parser.add_argument("--proxy-tcp", action="append", default=[],
+                        help="HOST:PORT for line mode behind a PROXY protocol header")
     parser.add_argument("--check", action="append", default=[], help="HOST:PORT health checks")
     parser.add_argument("--deaf", action="append", default=[],
                         help="HOST:PORT that peeks at requests and never reads them")

@@ -73,6 +73,8 @@ HTTP_PORT, TCP_PORT = 8000, 9000
 NOLINGER_PORT, SMALL_PORT, KEEPALIVE_PORT, TCP_LIMIT_PORT = 8001, 8002, 8003, 9001
 TCP_CRASH_PORT, DEAF_PORT = 9002, 8083  # server-crash: tcp mode to s2; s2's deaf listener
 SERVER_HTTP, SERVER_TCP = 8080, 9090
+SERVER_PROXY_HTTP, SERVER_PROXY_TCP = 8084, 9094  # the servers' PROXY protocol listeners
+PLAIN_PORT = 8004  # proxy-protocol: the http frontend whose servers get no PROXY header
 CHECK_PORTS = (8070, 9070)  # the servers' health-check ports (httpchk, plain connect)
 MBOX_PORTS = (45000, 45999)  # client source ports the routed middlebox resets
 SNAPLEN = 128
@@ -197,6 +199,10 @@ INTENTS: dict[str, tuple[str, str, str, str]] = {
     "aoc-rst-waiting": ("http", "c", "wait", "rst-wait"),
     "aoc-fin-waiting": ("http", "c", "wait", "fin-wait"),
     "aoc-halfclose": ("http", "c", "wait", "halfclose"),
+    # proxy-protocol: through the frontend whose servers get no PROXY header (the forwarded-for
+    # and unique-id headers name the client)
+    "http-ok-plain": ("http", "c", "ok", "complete"),
+    "server-rst-plain": ("http", "c", "rst-before", "complete"),
 }
 # Per-intent extras for the client spec (ports other than 8000/9000, sizes, timeouts).
 INTENT_EXTRA: dict[str, dict] = {
@@ -220,6 +226,8 @@ INTENT_EXTRA: dict[str, dict] = {
     "silent-dropped-send": {"read_timeout": 3.0},
     "crash-pooled": {"port": KEEPALIVE_PORT, "requests": 2},
     "tcp-crash": {"port": TCP_CRASH_PORT},
+    "http-ok-plain": {"port": PLAIN_PORT},
+    "server-rst-plain": {"port": PLAIN_PORT},
 }
 NOLINGER_INTENTS = {"partial-request-nl", "slowloris-nl", "http-ok-nl"}
 # Intents whose server-side flows the backend may never record (refused or dropped SYNs): in
@@ -256,11 +264,12 @@ OWNER = {
     # a half-close is no abort: the client still reads (and gets HAProxy's 400); it is
     # HAProxy's configured `abortonclose` that takes the FIN for one
     "aoc-halfclose": "haproxy",
+    "server-rst-plain": "server",
 }
 COMPLETE = {"http-ok", "http-slow", "tcp-ok", "refused-redispatch", "blackhole-redispatch",
             "http-ok-nl", "queue-holder", "queued-ok", "fe-burst", "ka-ok", "ka-leave",
             "ka-close-ok", "http-halfclose", "tcp-halfclose", "body-ok", "tcp-ok-limited",
-            "http-bulk", "health-check", "crash-after-ok"}
+            "http-bulk", "health-check", "crash-after-ok", "http-ok-plain"}
 for _intent in COMPLETE:
     OWNER.setdefault(_intent, "haproxy")
 
@@ -290,6 +299,7 @@ EXPECTED_STATE: dict[str, str | None] = {
     "crash-waiting": "SH", "tcp-crash": "--", "crash-refused": "SC", "crash-after-ok": "--",
     "aoc-rst-queued": "CQ", "aoc-fin-queued": "CQ", "aoc-rst-waiting": "C[DH]",
     "aoc-fin-waiting": "CH", "aoc-halfclose": "C[HC]",
+    "http-ok-plain": "--", "server-rst-plain": "SH",
 }
 
 # ------------------------------------------------------------------ scenarios
@@ -347,6 +357,8 @@ class Scenario:
     # (server, at, down): SIGKILL that server's process `at` s after the client starts, start
     # it again `down` s later
     crashes: tuple[tuple[str, float, float], ...] = ()
+    snaplen: int = SNAPLEN  # dumpcap -s: proxy-protocol's request heads need more
+    proxy_listeners: bool = False  # servers also listen behind PROXY protocol headers
 
 
 def _overload_waves(start: float) -> list[tuple[float, str]]:
@@ -404,6 +416,22 @@ def _abortonclose_schedule(rng: random.Random) -> list[tuple[float, str]]:
                   (w + 0.5, "aoc-fin-queued"), (w + 0.7, "aoc-rst-waiting"),
                   (w + 1.0, "aoc-fin-waiting"), (w + 1.3, "aoc-halfclose"),
                   (w + 1.6, "http-ok"), (w + 2.0, "http-slow"), (w + 2.3, "tcp-ok")]
+    return items
+
+
+def _proxy_schedule(rng: random.Random) -> list[tuple[float, str]]:
+    """Eight waves, 2 s apart, of 14 connections started 5 ms apart (HAProxy holds several
+    client streams at every server connect: timing alone is ambiguous), in a shuffled order:
+    http and tcp streams to servers that get PROXY protocol v1 or v2 headers, http streams to
+    servers that get only the forwarded-for and unique-id headers, and aborts on both legs."""
+    wave = ["http-ok", "http-ok", "http-slow", "tcp-ok", "tcp-ok", "client-rst-waiting",
+            "server-rst-before", "tcp-client-rst-waiting", "http-ok-plain", "http-ok-plain",
+            "http-ok-plain", "server-rst-plain", "http-slow", "tcp-server-rst-before"]
+    items = []
+    for number in range(8):
+        order = list(wave)
+        rng.shuffle(order)
+        items += [(0.5 + 2.0 * number + 0.005 * k, intent) for k, intent in enumerate(order)]
     return items
 
 
@@ -514,6 +542,7 @@ SCENARIOS: dict[str, Scenario] = {
                                                      _loss_rules(3, "rf0"))),)),
     "silent-drop-netadmin": Scenario({"http-ok": 8, "tcp-ok": 4, "silent-dropped": 5,
                                       "tcp-silent-dropped": 4, "silent-dropped-send": 5}),
+    "proxy-protocol": Scenario(schedule=_proxy_schedule, snaplen=512, proxy_listeners=True),
 }
 # `mixed` is the README's demo: its capture is also copied to captures/demo-haproxy.pcapng.
 DEMO = {"mixed": HERE.parent / "demo-haproxy.pcapng"}
@@ -785,6 +814,9 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
                     "--tcp", f"{addr}:{SERVER_TCP}", "--duration", "300"]
             if scenario.checks:
                 argv += [arg for port in CHECK_PORTS for arg in ("--check", f"{addr}:{port}")]
+            if scenario.proxy_listeners:
+                argv += ["--proxy-http", f"{addr}:{SERVER_PROXY_HTTP}",
+                         "--proxy-tcp", f"{addr}:{SERVER_PROXY_TCP}"]
             proc = lab.spawn(server, argv + scenario.backend_args.get(server, []), log)
             lab.wait_for(proc, log, r"READY", f"backend {server}")
             backends.append((server, proc, log))
@@ -795,7 +827,7 @@ def run_scenario(name: str, out_dir: Path, counts: dict[str, int] | None = None,
         capture = workdir / "capture.pcapng"
         dumpcap_log = workdir / "dumpcap.log"
         ifaces = [arg for iface in net.capture for arg in ("-i", iface, "-f", "tcp")]
-        dumpcap = lab.spawn("hap", ["dumpcap", "-q", "-s", str(SNAPLEN), *ifaces,
+        dumpcap = lab.spawn("hap", ["dumpcap", "-q", "-s", str(scenario.snaplen), *ifaces,
                                     "-a", "duration:280", "-w", str(capture)], dumpcap_log)
         lab.wait_for(dumpcap, dumpcap_log, r"File:", "dumpcap")
         time.sleep(0.3)
@@ -1097,6 +1129,15 @@ def build_truth(capture: Path, plan: list[dict], clients: list[dict], servers: l
                 problems.append(f"frontend stream {stream} ({client_end}) has no client record")
                 continue
             stream_ids[stream] = [(first["time"], rec["id"])]
+
+    # A PROXY protocol header must name the client that made the request it precedes.
+    for rec in servers:
+        if rec.get("req") and "proxied" in rec:
+            client = by_id.get(rec["id"])
+            if client is None or client.get("src") != rec["proxied"]:
+                problems.append(f"server {rec['server']} got a PROXY header naming "
+                                f"{rec['proxied']} with request {rec['id']} of "
+                                f"{client.get('src') if client else 'no client'}")
 
     # The log must say what each intent predicts; its bsrc must be one of the id's streams.
     for rec in clients:
