@@ -22,6 +22,7 @@
 #
 # Usage: python -m benchmarks.bench_live [--levels 1,2,4,8,16] [--level-seconds 12]
 #                                         [--rss-minutes 10] [--rss-connections 2] [--no-write]
+#                                         [--delay-ms 1 --results-name live-rate]
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def _rss_kb(pid: int) -> int | None:
 
 
 def _run_tracer(lab, workdir: Path, config: Path, seconds: float, connections: int,
-                wrk_seconds: float, sample_rss: bool = False) -> dict:
+                wrk_seconds: float, sample_rss: bool = False, delay_ms: int = 0) -> dict:
     report = workdir / f"report-{connections}-{time.monotonic_ns()}.json"
     windows = workdir / "windows.jsonl"
     windows.write_text("")
@@ -94,8 +95,15 @@ def _run_tracer(lab, workdir: Path, config: Path, seconds: float, connections: i
                               "--duration", str(seconds)], log)
     lab.wait_for(tracer, windows, r'"type":"window"', "tracer live")
     wrk_log = workdir / "wrk.log"
+    paced = []
+    if delay_ms:
+        # wrk waits delay() ms before each request of a connection: about
+        # connections * 1000 / (delay_ms + latency) requests/s, a rate ladder by connections
+        script = workdir / "pace.lua"
+        script.write_text(f"function delay()\n  return {int(delay_ms)}\nend\n")
+        paced = ["-s", str(script)]
     wrk = lab.spawn("lo", ["wrk", "-t", "1" if connections < 2 else "2", "-c", str(connections),
-                           "-d", f"{int(wrk_seconds)}s", "--timeout", "2s",
+                           "-d", f"{int(wrk_seconds)}s", "--timeout", "2s", *paced,
                            "http://127.0.1.1:8000/"], wrk_log)
     rss: list[tuple[float, int]] = []
     load: list[tuple[float, float]] = []
@@ -124,6 +132,7 @@ def _run_tracer(lab, workdir: Path, config: Path, seconds: float, connections: i
             requests = int(line.split()[0])
     result = {
         "connections": connections,
+        "delay_ms": delay_ms,
         "frames": doc["packets"],
         "capture_span_s": round(span, 3),
         "packets_per_s": round(doc["packets"] / span),
@@ -152,6 +161,11 @@ def main() -> None:
                         help="length of the RSS run (0: skip it)")
     parser.add_argument("--rss-connections", type=int, default=None,
                         help="wrk connections of the RSS run (default: the best zero-drop level)")
+    parser.add_argument("--delay-ms", type=int, default=0,
+                        help="wrk waits this long before each request (0: as fast as it can); "
+                             "with it, --levels is a ladder of request rates")
+    parser.add_argument("--results-name", default="live",
+                        help="results go to benchmarks/results/NAME-<time>.json and NAME-latest.json")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -177,7 +191,7 @@ def main() -> None:
         del haproxy
         for connections in levels:
             one = _run_tracer(lab, workdir, config, args.level_seconds, connections,
-                              args.level_seconds - 4)
+                              args.level_seconds - 4, delay_ms=args.delay_ms)
             results.append(one)
             print(json.dumps(one), flush=True)
         clean = [r for r in results if r["zero_drops"]]
@@ -186,7 +200,7 @@ def main() -> None:
             connections = args.rss_connections or (best["connections"] if best else 1)
             seconds = args.rss_minutes * 60
             rss_run = _run_tracer(lab, workdir, config, seconds, connections, seconds - 5,
-                                  sample_rss=True)
+                                  sample_rss=True, delay_ms=args.delay_ms)
             samples = rss_run["rss_kb"]
             first = [kb for t, kb in samples if 60 <= t < 120] or [samples[0][1]]
             last = [kb for t, kb in samples if t >= samples[-1][0] - 60]
@@ -211,7 +225,8 @@ def main() -> None:
                     "kernel": platform.release(),
                     "note": "shared with other engineers' jobs: see loadavg_1min per run"},
         "load": "wrk keep-alive HTTP through HAProxy on loopback in a namespace; tracer live "
-                "-i lo -f tcp (both legs), snaplen 256",
+                "-i lo -f tcp (both legs), snaplen 256"
+                + (f"; wrk paced: {args.delay_ms} ms before each request" if args.delay_ms else ""),
         "levels": results,
         "max_zero_drop_packets_per_s": best["packets_per_s"] if best else None,
         "rss_run": rss_run,
@@ -219,9 +234,9 @@ def main() -> None:
     if not args.no_write:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = out["when"].replace(":", "").replace("-", "")
-        path = RESULTS_DIR / f"live-{stamp}.json"
+        path = RESULTS_DIR / f"{args.results_name}-{stamp}.json"
         path.write_text(json.dumps(out, indent=1) + "\n")
-        (RESULTS_DIR / "live-latest.json").write_text(json.dumps(out, indent=1) + "\n")
+        (RESULTS_DIR / f"{args.results_name}-latest.json").write_text(json.dumps(out, indent=1) + "\n")
         print(f"written {path}")
     print(json.dumps({k: v for k, v in out.items() if k not in ("levels", "rss_run")}))
 

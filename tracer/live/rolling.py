@@ -174,20 +174,22 @@ class LiveAnalysis:
         than QUIET_ADVANCE_NS moves it on (see `_advance`)."""
         if now_ns is not None:
             self._advance(now_ns)
-        self._settle(final=False)
-        self._prune_turns()
-        if (self.generation.flows.flows.shape[0] >= self.max_flows
-                or sum(self.retained_rows().values()) >= self.max_rows):
+        # the finished-flow table is built anew on each access (~360 bytes a row): once a tick
+        flows = self._settle(final=False)
+        self._prune_turns(flows)
+        if (flows.shape[0] >= self.max_flows
+                or sum(self.retained_rows(flows).values()) >= self.max_rows):
             self._settle(final=True)
             self._new_generation()
         return self._close_window()
 
-    def retained_rows(self) -> dict[str, int]:
-        """What this generation holds, in rows, by kind (what bounds its memory)."""
+    def retained_rows(self, flows: np.ndarray | None = None) -> dict[str, int]:
+        """What this generation holds, in rows, by kind (what bounds its memory). `flows`: the
+        finished-flow table, when the caller has it at hand."""
         gen = self.generation
         facts = gen.segment_facts
         return {
-            "flows_finished": int(gen.flows.flows.shape[0]),
+            "flows_finished": int((gen.flows.flows if flows is None else flows).shape[0]),
             "flows_open": int(gen.flows.in_use.sum()),
             "rsts": int(gen.flows.rsts.shape[0]),
             "rtt_samples": min(gen.flows.rtt_samples_seen, gen.flows.max_rtt_samples),
@@ -251,7 +253,8 @@ class LiveAnalysis:
         self.windows += 1
         return window, self.total
 
-    def _settle(self, final: bool) -> None:
+    def _settle(self, final: bool) -> np.ndarray:
+        """Settle what is ready; the finished-flow table it looked at."""
         gen = self.generation
         tracker = gen.flows
         if final:
@@ -273,7 +276,7 @@ class LiveAnalysis:
         finished_ids = np.sort(flows["flow_id"])
         self.unsettled_rsts = int((~self._rst_done & ~rst_ready).sum())
         if not ready.any() and not rst_ready.any():
-            return
+            return flows
         # The context: finished flows that ended after the earliest ready flow began, less
         # context_s (joins, propagation and timeout clusters look that far at most).
         settling = ready | _member(flows["flow_id"], np.sort(rsts["flow_id"][rst_ready]))
@@ -289,15 +292,15 @@ class LiveAnalysis:
         self._count_flows(att, ready_ids, tracker.rtts)
         self._flow_done[ready_ids] = True
         self._rst_done |= rst_ready
+        return flows
 
-    def _prune_turns(self) -> None:
+    def _prune_turns(self, flows: np.ndarray) -> None:
         """Drop the turns no question of the join can reach any more (module rules)."""
         gen = self.generation
         tracker = gen.flows
         turns = gen.timeline.turns()
         if turns.shape[0] == 0 or tracker.latest_ts < 0:
             return
-        flows = tracker.flows
         open_rows = np.flatnonzero(tracker.in_use & (tracker.state["flow_id"] >= 0))
         state = tracker.state
         starts = np.concatenate((
