@@ -14,8 +14,10 @@ TCP header itself was cut has captured = 0.
 
 The default pick (`first_payload_rows`) is stateless: per batch, the first `per_key` payload
 segments of each directed address/port pair. The start of every stream is among them (a
-stream's first payload segment is the first of its pair in whichever batch it falls); the
-consumer keeps what it needs by sequence number. Cost when asked: one sort of the batch's
+stream's first payload segment is the first of its pair in whichever batch it falls), except
+when one batch holds two connections on the same address/port pair (a port reused within a
+batch): the later one's start is then missed. The consumer keeps what it needs by sequence
+number. Cost when asked: one sort of the batch's
 payload rows and one (rows x prefix_bytes) gather.
 """
 
