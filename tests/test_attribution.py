@@ -336,3 +336,26 @@ def test_overload_and_connect_timeout_rsts(tmp_path):
     _, summary = run(analyze_native(path, attribution=AttributionOptions(config=parse_config(roomy))))
     reasons = {d["reason"] for d in summary["rst_details"] if d["leg"] == "frontend"}
     assert reasons == {"haproxy_reject"}
+
+
+def test_offline_timeline_turns_stay_bounded_on_long_keepalive_flows():
+    """Keep-alive streams make a request/response turn per payload packet; offline analysis
+    prunes the turns the leg join can no longer ask about, so they follow the open flows, not
+    the capture, and the join and attribution are those of an unpruned run."""
+    from test_live import _KEEPALIVE_CONFIG, _keepalive_seconds
+
+    def analyse(limit: int) -> tuple[dict, list[int]]:
+        options = AttributionOptions(config=parse_config(_KEEPALIVE_CONFIG))
+        analysis = CaptureAnalysis(path="keepalive", options=options, turn_prune_rows=limit)
+        held = []
+        for packets, counts in _keepalive_seconds(pairs=8, seconds=40, per_second=300):
+            analysis.add(packets, counts)
+            held.append(analysis.timeline.turn_rows)
+        return analysis.summary(), held
+
+    whole, held_whole = analyse(10**12)
+    pruned, held = analyse(20_000)
+    assert held_whole[-1] > 300_000  # every payload packet is a turn
+    assert max(held[5:]) < 3 * max(held[:5]) + 20_000  # flat, not growing with the run
+    for key in ("join", "rst_attribution", "rsts"):
+        assert pruned[key] == whole[key], key

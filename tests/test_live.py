@@ -34,10 +34,10 @@ import pytest
 from tracer.analysis import AttributionOptions, CaptureAnalysis
 from tracer.attribution.config import load_config, parse_config
 from tracer.attribution.join import TurnIndex
-from tracer.attribution.timeline import TURN_DTYPE
+from tracer.attribution.timeline import TURN_DTYPE, needed_turns
 from tracer.decode import decode_frames
 from tracer.live.capture import parse_drop_lines
-from tracer.live.rolling import PRUNE_MARGIN_NS, LiveAnalysis, needed_turns
+from tracer.live.rolling import PRUNE_MARGIN_NS, LiveAnalysis
 from tracer.live.source import END, CaptureWriter, Handoff, StreamReader
 from tracer.packet import PACKET_DTYPE, TH_ACK, TH_PSH, TH_RST, DecodeCounts
 from tracer.pipeline import analyze_native, run

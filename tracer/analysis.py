@@ -57,6 +57,26 @@ class AttributionOptions:
         return self.payload is None and self.config is None
 
 
+# The attribution timeline's request/response turns (one per exchange on keep-alive traffic)
+# are pruned to those the leg join can still ask about once they pass this many rows; the limit
+# then doubles with what is kept, so pruning stays a small share of the work and memory follows
+# the open flows, not the capture. Packets of several interfaces may come this much out of
+# order: turns later than the newest packet minus this margin are always kept.
+TURN_PRUNE_ROWS = 1_000_000
+PRUNE_MARGIN_NS = 2_000_000_000
+
+
+def join_query_times(finished: np.ndarray, tracker, timeline: Timeline) -> np.ndarray:
+    """The times the leg join asks the timeline about: each flow's start (its SYN, else its
+    first packet) and its first response, for finished flows (FLOW_DTYPE rows) and the
+    tracker's open ones."""
+    open_ids, open_starts = tracker.open_flow_starts()
+    starts = np.where(finished["syn_ts"] >= 0, finished["syn_ts"], finished["first_ts"])
+    ids = np.concatenate((finished["flow_id"], open_ids))
+    responses = timeline.table(int(ids.max()) if ids.size else -1)["first_data_ts"][ids, 1]
+    return np.concatenate((starts, open_starts, responses))
+
+
 @dataclass
 class CaptureAnalysis:
     path: str
@@ -73,10 +93,13 @@ class CaptureAnalysis:
     timeline: Timeline = field(default_factory=Timeline)
     attribution: Attribution | None = None
     segment_facts: SegmentFacts = field(default_factory=SegmentFacts)  # for tracer.patterns
+    turn_prune_rows: int = TURN_PRUNE_ROWS  # see TURN_PRUNE_ROWS
+    _turn_limit: int = 0  # timeline turns held before the next pruning
     patterns: Patterns | None = None
     prefixes: StreamPrefixes | None = None  # with options.wants_payload()
 
     def __post_init__(self) -> None:
+        self._turn_limit = self.turn_prune_rows
         if self.flows is None:
             on = self.options.enabled
             self.flows = FlowTracker(keep_flows=on, keep_segments=on)
@@ -97,6 +120,12 @@ class CaptureAnalysis:
             self.segment_facts.add(seg, pk)
             if self.prefixes is not None and payload is not None:
                 self.prefixes.add(seg, payload)
+            if self.timeline.turn_rows > self._turn_limit and hasattr(self.flows,
+                                                                     "open_flow_starts"):
+                kept = self.timeline.prune_turns(
+                    join_query_times(self.flows.flows, self.flows, self.timeline),
+                    self.flows.latest_ts - PRUNE_MARGIN_NS)
+                self._turn_limit = max(self.turn_prune_rows, 2 * kept)
         versions, n = np.unique(packets["ip_version"], return_counts=True)
         for version, count in zip(versions.tolist(), n.tolist(), strict=True):
             self.ip_versions[version] = self.ip_versions.get(version, 0) + count

@@ -181,12 +181,30 @@ class Timeline:
         return np.concatenate((self.rows, blank_timeline(n - self.rows.shape[0])))
 
     def turns(self) -> np.ndarray:
-        """Every turn so far (TURN_DTYPE), in capture order within each flow."""
+        """Every turn kept so far (TURN_DTYPE), in capture order within each flow."""
         if not self._turns:
             return np.zeros(0, TURN_DTYPE)
         if len(self._turns) > 1:
             self._turns = [np.concatenate(self._turns)]
         return self._turns[0]
+
+    @property
+    def turn_rows(self) -> int:
+        return sum(part.shape[0] for part in self._turns)
+
+    def prune_turns(self, query_ts: np.ndarray, horizon_ns: int) -> int:
+        """Forget the turns the leg join can no longer ask about (`needed_turns`): the join
+        asks, per flow and direction, for the turns around each flow's start and first
+        response (`query_ts`), and flows not seen yet start after `horizon_ns`. Keep-alive
+        traffic makes a turn per request and per response, so without this the turns grow with
+        the capture. Returns how many turns are kept."""
+        turns = self.turns()
+        if turns.shape[0] == 0:
+            return 0
+        keep = needed_turns(turns, query_ts, horizon_ns)
+        if not keep.all():
+            self._turns = [turns[keep]]
+        return int(np.count_nonzero(keep))
 
 
 def ttl_baseline(flows: np.ndarray, timeline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,3 +253,31 @@ def _last_per_group(mask: np.ndarray, group: np.ndarray) -> np.ndarray:
     keep = np.ones(idx.size, bool)
     keep[:-1] = group[idx[:-1]] != group[idx[1:]]
     return idx[keep]
+
+
+_NEVER = np.iinfo(np.int64).max
+
+
+def needed_turns(turns: np.ndarray, query_ts: np.ndarray, horizon_ns: int) -> np.ndarray:
+    """Which turns (TURN_DTYPE rows) can answer the leg join's questions, per (flow,
+    direction): the latest turn at or before t, and the first at or after t, for t in
+    `query_ts` (negative: none) or any t >= `horizon_ns`. A turn answers the first question for
+    t in [its time, the next turn's time), the second for t in (the previous turn's time, its
+    time]; it is needed when such an interval holds a time asked about. Answers are times, so
+    of turns at the same time one is enough."""
+    n = turns.shape[0]
+    group = turns["flow_id"].astype(np.int64) * 2 + turns["direction"].astype(np.int64)
+    order = np.lexsort((turns["ts_ns"], group))
+    g, t = group[order], turns["ts_ns"][order]
+    same = g[1:] == g[:-1]
+    later = np.full(n, _NEVER, np.int64)
+    later[:-1] = np.where(same, t[1:], _NEVER)
+    earlier = np.full(n, -_NEVER, np.int64)
+    earlier[1:] = np.where(same, t[:-1], -_NEVER)
+    q = np.sort(query_ts[query_ts >= 0])
+    keep = (later > horizon_ns) | (t >= horizon_ns)
+    keep |= np.searchsorted(q, later, "left") > np.searchsorted(q, t, "left")
+    keep |= np.searchsorted(q, t, "right") > np.searchsorted(q, earlier, "right")
+    out = np.empty(n, bool)
+    out[order] = keep
+    return out

@@ -249,6 +249,14 @@ class FlowTracker:
     def segments(self) -> np.ndarray:
         return _concat(self._segments, SEGMENT_DTYPE)
 
+    def open_flow_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flow ids, start times) of the flows still active: the SYN's time, else the first
+        packet's."""
+        st = self.state
+        rows = np.flatnonzero(self.in_use & (st["flow_id"] >= 0))
+        syn, first = st["syn_ts"][rows], st["first_ts"][rows]
+        return st["flow_id"][rows], np.where(syn >= 0, syn, first)
+
     def take_new_flows(self) -> np.ndarray:
         """First frame of each flow started since the last call, in flow id order (ids run on
         from the previous call's). Lets a caller number flows of several trackers as one."""

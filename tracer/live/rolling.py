@@ -25,7 +25,7 @@ Rules:
   before a time and the first at or after it, at the times backend flows start and get their
   first response. Each tick keeps the turns that answer those questions for every flow this
   generation knows (finished or open) and for any time from `horizon` on (the clock less
-  PRUNE_MARGIN_NS: flows not seen yet start after it), and drops the rest (`needed_turns`):
+  PRUNE_MARGIN_NS: flows not seen yet start after it), and drops the rest (tracer.attribution.timeline.needed_turns):
   every answer stays what it was, so the attribution of every RST is the same as offline.
 - A generation ends when it holds `max_flows` finished flows or `max_rows` rows of per-segment
   facts (turns kept, rare segment events, per-flow-second data counts: the patterns stage's
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracer.analysis import AttributionOptions, CaptureAnalysis
+from tracer.analysis import AttributionOptions, CaptureAnalysis, join_query_times
 from tracer.attribution import attribute
 from tracer.attribution import vocab as av
 from tracer.flows.tables import (
@@ -297,25 +297,9 @@ class LiveAnalysis:
     def _prune_turns(self, flows: np.ndarray) -> None:
         """Drop the turns no question of the join can reach any more (module rules)."""
         gen = self.generation
-        tracker = gen.flows
-        turns = gen.timeline.turns()
-        if turns.shape[0] == 0 or tracker.latest_ts < 0:
-            return
-        open_rows = np.flatnonzero(tracker.in_use & (tracker.state["flow_id"] >= 0))
-        state = tracker.state
-        starts = np.concatenate((
-            np.where(flows["syn_ts"] >= 0, flows["syn_ts"], flows["first_ts"]),
-            np.where(state["syn_ts"][open_rows] >= 0, state["syn_ts"][open_rows],
-                     state["first_ts"][open_rows])))
-        ids = np.concatenate((flows["flow_id"], state["flow_id"][open_rows]))
-        responses = gen.timeline.table(int(ids.max()) if ids.shape[0] else -1)[
-            "first_data_ts"][ids, 1]
-        keep = needed_turns(turns, np.concatenate((starts, responses)),
-                            tracker.latest_ts - PRUNE_MARGIN_NS)
-        if not keep.all():
-            # Timeline keeps its turns in `_turns` (a list of arrays, joined by `turns()`);
-            # it has no public way to forget some yet (asked of attribution's owner).
-            gen.timeline._turns = [turns[keep]]
+        if gen.flows.latest_ts >= 0:
+            gen.timeline.prune_turns(join_query_times(flows, gen.flows, gen.timeline),
+                                     gen.flows.latest_ts - PRUNE_MARGIN_NS)
 
     def _flow_labels(self, att) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per flow of the attribution (sorted by id): leg, frontend index, server index,
@@ -423,34 +407,6 @@ class LiveAnalysis:
                 if held > WINDOW_RTT_SAMPLES:
                     merged = np.concatenate(parts)
                     parts[:] = [self._rng.choice(merged, WINDOW_RTT_SAMPLES, replace=False)]
-
-
-_NEVER = np.iinfo(np.int64).max
-
-
-def needed_turns(turns: np.ndarray, query_ts: np.ndarray, horizon_ns: int) -> np.ndarray:
-    """Which turns (TURN_DTYPE rows) can answer the leg join's questions, per (flow,
-    direction): the latest turn at or before t, and the first at or after t, for t in
-    `query_ts` (negative: none) or any t >= `horizon_ns`. A turn answers the first question for
-    t in [its time, the next turn's time), the second for t in (the previous turn's time, its
-    time]; it is needed when such an interval holds a time asked about. Answers are times, so
-    of turns at the same time one is enough."""
-    n = turns.shape[0]
-    group = turns["flow_id"].astype(np.int64) * 2 + turns["direction"].astype(np.int64)
-    order = np.lexsort((turns["ts_ns"], group))
-    g, t = group[order], turns["ts_ns"][order]
-    same = g[1:] == g[:-1]
-    later = np.full(n, _NEVER, np.int64)
-    later[:-1] = np.where(same, t[1:], _NEVER)
-    earlier = np.full(n, -_NEVER, np.int64)
-    earlier[1:] = np.where(same, t[:-1], -_NEVER)
-    q = np.sort(query_ts[query_ts >= 0])
-    keep = (later > horizon_ns) | (t >= horizon_ns)
-    keep |= np.searchsorted(q, later, "left") > np.searchsorted(q, t, "left")
-    keep |= np.searchsorted(q, t, "right") > np.searchsorted(q, earlier, "right")
-    out = np.empty(n, bool)
-    out[order] = keep
-    return out
 
 
 def _grow(mask: np.ndarray, n: int) -> np.ndarray:
