@@ -330,10 +330,14 @@ def pyshark_worker(path: str) -> int:
                     if value is not None:
                         values += 1
             packets += 1
+        seconds = time.perf_counter() - started
     finally:
-        capture.close()
+        close_problem = None
+        try:
+            capture.close()
+        except Exception as exc:  # pyshark 0.6 sometimes reports tshark's exit at close as a crash
+            close_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         loop.close()
-    seconds = time.perf_counter() - started
     child = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
         json.dumps(
@@ -342,6 +346,7 @@ def pyshark_worker(path: str) -> int:
                 "field_values": values,
                 "seconds": round(seconds, 4),
                 "tshark_child_max_rss_kb": child.ru_maxrss,
+                "close_problem": close_problem,
             }
         )
     )
