@@ -3,8 +3,11 @@
 Theory of operation, per packet batch (capture order):
 
 1. **Identity.** Each segment's endpoints are put in canonical order (lower (address, port)
-   first) and hashed to 64 bits; a sorted array of active keys maps hashes to *slots* of the
-   flow table (`searchsorted`; new keys take free slots). A slot holds one flow at a time.
+   first) and hashed to 64 bits; an open-addressing table (tracer.flows.slots) maps keys to
+   *slots* of the flow table (new keys take free slots; endpoints are compared, so a hash
+   collision is counted, not merged). A slot holds one flow at a time. The per-flow state is
+   kept as columns (tables.StateTable); a batch gathers the rows of its flows, works on dense
+   arrays, and writes back what a flow can change.
 2. **Port reuse.** A SYN without ACK whose sequence number differs from the sender's reference
    (its last SYN, else its first segment) starts a new flow on the slot, as Wireshark's
    tcp.analysis.reused_ports does; flow ids are numbered in order of first segment, like
@@ -16,12 +19,15 @@ Theory of operation, per packet batch (capture order):
    32-bit-wrapped deltas. Every rule of the form "the highest sequence seen before this
    segment" is a segmented exclusive scan seeded with the state carried from earlier batches
    (tracer.flows.segments). Rules that look at the *other* direction ("the last ACK the
-   receiver sent before this segment") run the same scans over the flow in frame order, one
-   direction masked at a time.
+   receiver sent before this segment") find, in the flow's frame order, the other
+   direction's last earlier row with the property, and read its values.
 4. **Classification** follows Wireshark's tcp_analyze_sequence_number (4.0), where it can be
    stated on arrays: lost segment, keep-alive, zero window, window full, duplicate ACK, ACK of
    unseen data, and the retransmission family (fast, out-of-order, spurious, plain). Capture
-   duplicates (the very same packet twice) are marked and kept out of every other count.
+   duplicates (the very same packet twice, within 50 us, nothing from the other side between)
+   are marked and kept out of every other count; identical RSTs on one interface are real
+   packets (a middlebox or a kernel answers each segment of a burst), so RSTs count as copies
+   only across interfaces or on a Linux "any" capture.
 5. **RTT.** Handshake RTT split at the capture point; data RTT from a segment to the first ACK
    that acknowledges exactly its end (Karn: never from a retransmitted range); TCP timestamp
    echo RTT. Samples are kept with their time for later percentiles; past
@@ -33,7 +39,9 @@ Theory of operation, per packet batch (capture order):
    (default 10 s: late FINs and ACKs come within a few RTTs), other flows after
    `idle_timeout_s` (600 s); finished flows become rows of the flow table (or only counts,
    with `keep_flows=False`) and their slots are reused, so memory follows the active flows,
-   not the capture's history. A packet arriving after its flow was finished opens a new flow.
+   not the capture's history. Quiet flows are finished before the next batch is analysed, so
+   a packet after the timeout opens a new flow whatever the batching (within a batch flows are
+   not cut); `advance()` moves the clock when no packets come (a quiet live link).
 """
 
 from __future__ import annotations
