@@ -278,7 +278,7 @@ def _nested_by_destination(flows: np.ndarray, mine: np.ndarray, start: np.ndarra
     whose connections nest in A's at `share_min` or more (a proxy's server traffic), and the
     nesting of each. Health checks and other traffic of the same host go to endpoints that do
     not nest, and do not count against it."""
-    idx = np.flatnonzero(mine)
+    idx = np.flatnonzero(mine) if mine.dtype == bool else mine  # a mask or row indices
     nested = _nesting(start[idx], outer_start, outer_last)
     dest = (flows["responder_lo"][idx].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
             ^ flows["responder_hi"][idx].astype(np.uint64)
@@ -376,28 +376,38 @@ def infer(flows: np.ndarray, first_client_data: np.ndarray | None = None) -> Top
     chosen: list[tuple[tuple[int, int], tuple[int, int], float, int, int]] = []
     rejected: list[str] = []
     serving: set[tuple[int, int, int]] = set()
+    # The pairs tried are bounded (16 x 64); each costs the rows of its B, not all flows:
+    # address columns are read once, B's rows found once.
+    init_hi, init_lo = np.ascontiguousarray(flows["initiator_hi"]), np.ascontiguousarray(flows["initiator_lo"])
+    resp_hi, resp_lo = np.ascontiguousarray(flows["responder_hi"]), np.ascontiguousarray(flows["responder_lo"])
+    b_rows = {int(bi): np.flatnonzero((init_hi == b_keys[bi][0]) & (init_lo == b_keys[bi][1]))
+              for bi in b_top}
     for ai in a_top:
         a = (int(a_keys[ai][0]), int(a_keys[ai][1]))
-        to_a = (flows["responder_hi"] == a[0]) & (flows["responder_lo"] == a[1])
-        clients_a = _addresses(flows["initiator_hi"][to_a], flows["initiator_lo"][to_a])
+        to_a = (resp_hi == a[0]) & (resp_lo == a[1])
+        clients_a = _addresses(init_hi[to_a], init_lo[to_a])
+        # B's flows never go to A, so A's accepted flows are the same for every B
+        outer = to_a & accepted
+        outer_start, outer_last, outer_n = start[outer], last[outer], int(outer.sum())
         for bi in b_top:
             b = (int(b_keys[bi][0]), int(b_keys[bi][1]))
             if b in clients_a and b != a:
                 continue
-            mine = (flows["initiator_hi"] == b[0]) & (flows["initiator_lo"] == b[1]) & ~to_a
-            if not mine.any():
+            mine = b_rows[int(bi)]
+            mine = mine[~to_a[mine]]
+            if not mine.size:
                 continue
-            outer = to_a & accepted & ~mine
-            served, nested = _nested_by_destination(flows, mine, start, start[outer], last[outer], NEST_MIN)
-            enough = nested.sum() >= max(MIN_NESTED_FLOWS, MIN_BACKEND_SHARE * outer.sum())
+            served, nested = _nested_by_destination(flows, mine, start, outer_start, outer_last,
+                                                    NEST_MIN)
+            enough = nested.sum() >= max(MIN_NESTED_FLOWS, MIN_BACKEND_SHARE * outer_n)
             if enough and served.size:
-                prompt, lag, spacing = _prompt(start[served], start[outer], first_client_data[outer])
+                prompt, lag, spacing = _prompt(start[served], outer_start, first_client_data[outer])
                 if not prompt:
                     rejected.append(f"{format_address(*a)} accepts and {format_address(*b)} opens "
                                     f"nested connections, but {lag / 1e6:.1f} ms after the trigger "
                                     f"(accepts {spacing / 1e6:.1f} ms apart): not a proxy")
                     continue
-                chosen.append((a, b, float(nested.mean()), int(nested.sum()), int(mine.sum())))
+                chosen.append((a, b, float(nested.mean()), int(nested.sum()), int(mine.size)))
                 serving |= _destinations(flows, served)
     # One host cannot be a proxy's server and another proxy pair's frontend, nor its client:
     # take pairs strongest first (most nested connections) and drop a pair whose frontend is
