@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from pcaputil import run_tracer
 from test_decode_oracle import decode_file
 
 from tracer.flows import FlowTracker
-from tracer.parallel import ShardedFlowTracker
+from tracer.parallel import ShardedFlowTracker, WorkerFailed
 
 CASES = [CAPTURES / "demo-haproxy.pcapng", CAPTURES / "netns-eth-loss.pcapng",
          CAPTURES / "lab" / "out" / "middlebox.pcapng", CAPTURES / "any-sll.pcap",
@@ -75,3 +76,36 @@ def test_cli_jobs_gives_the_same_document():
     two = run_tracer(*args, "--jobs", "2")
     assert one.returncode == two.returncode == 0, two.stderr
     assert json.loads(one.stdout) == json.loads(two.stdout)
+
+
+def _shared_buffers() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("psm_*")}
+
+
+def test_no_shared_memory_left_behind():
+    before = _shared_buffers()
+    packets, _, _ = decode_file(CAPTURES / "demo-haproxy.pcapng")
+    with ShardedFlowTracker(2) as sharded:
+        for batch in _batches(packets, 500):  # several batches in flight, buffers reused
+            sharded.add(batch)
+        sharded.finish()
+    assert sharded.flows.shape[0] > 0
+    assert _shared_buffers() - before == set()
+
+
+def test_a_dead_worker_is_reported_not_a_traceback():
+    before = _shared_buffers()
+    packets, _, _ = decode_file(CAPTURES / "demo-haproxy.pcapng")
+    sharded = ShardedFlowTracker(2)
+    try:
+        sharded.add(packets[:1000])
+        sharded._procs[0].kill()  # the worker this test's tracker started, by its handle
+        sharded._procs[0].join(timeout=10)
+        with pytest.raises(WorkerFailed, match="flow worker 0"):
+            for batch in _batches(packets, 500):
+                sharded.add(batch)
+            sharded.finish()
+    finally:
+        sharded.close()
+    assert not multiprocessing.active_children()
+    assert _shared_buffers() - before == set()

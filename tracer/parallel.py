@@ -1,4 +1,4 @@
-"""The flow stage on several processes (an I/O edge: processes and pipes).
+"""The flow stage on several processes (an I/O edge: processes, pipes and shared memory).
 
 Theory of operation: flows are independent of each other, so the packets of a batch are split
 by 4-tuple (tracer.flows.tracker.endpoint_shard: both directions and every reuse of a 4-tuple go
@@ -8,42 +8,75 @@ the first frames each shard reports per batch) and merges the tables at the end,
 equal a single tracker's (flow ids included; the RTT reservoir, when the cap is reached, is
 drawn from the shards in proportion to what each saw).
 
+Hand-off: a shard's packet rows are gathered straight into a shared-memory buffer of its worker
+(one copy; a pipe would copy them three times and block the parent while the worker is busy),
+and only a few bytes go down the pipe. Each worker has two buffers, so up to two batches are in
+flight: the parent decodes and shards batch k+1 while the workers analyse batch k, and answers
+are collected in batch order (the flow numbering needs that order). With `keep_segments` the
+caller pairs each batch with its segment rows, so `take_segments` collects everything in flight.
+
 Rules: workers are started with "spawn" (the parent runs threads: a reader thread and an event
 loop), ignore SIGINT (the parent decides when to stop them) and are stopped by the parent, by
-their Process handles, in `close()` whatever happens. One batch is in flight at a time: `add`
-returns once the batch is sent, and the shards' answers are collected before the next one
-goes out, so the caller decodes the next batch while the shards work on this one.
+their Process handles, in `close()` whatever happens; the parent owns (creates and unlinks) every
+shared-memory buffer, a worker only attaches. A buffer is rewritten only after its batch's
+answer came back, and a worker keeps no view of a buffer past `add`.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+from collections import deque
+from multiprocessing import shared_memory
 
 import numpy as np
 
+from tracer.errors import TracerError
 from tracer.flows.merge import FlowNumbering, merge_counts, merge_reservoirs
 from tracer.flows.tables import FLOW_DTYPE, RST_DTYPE, RTT_DTYPE, SEGMENT_DTYPE
 from tracer.flows.tracker import DEFAULT_MAX_RTT_SAMPLES, FlowCounts, FlowTracker, endpoint_shard
 from tracer.packet import PACKET_DTYPE
 
 
-class WorkerFailed(RuntimeError):
-    """A flow-stage worker process died or raised."""
+class WorkerFailed(TracerError):
+    """A flow-stage worker process died (killed, out of memory) or raised: one line and a
+    non-zero exit in the CLI, like any other TracerError."""
+
+    exit_code = 1
+
+
+IN_FLIGHT = 2  # batches handed out before the oldest one's answers are collected
+_ROW = PACKET_DTYPE.itemsize
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """A buffer the parent created. Workers are spawned with the parent's resource tracker, so
+    the attachment's registration is the parent's own (a set: registering again changes
+    nothing) and the parent's unlink clears it; a worker must not unregister it."""
+    return shared_memory.SharedMemory(name=name)
 
 
 def _worker(conn, options: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tracker = FlowTracker(report_new_flows=True, **options)
+    buffers: dict[int, shared_memory.SharedMemory] = {}  # buffer index -> attached buffer
     try:
         while True:
-            message = conn.recv_bytes()
+            message = conn.recv()
             try:
-                if len(message) >= PACKET_DTYPE.itemsize:  # a packet batch, as raw rows
-                    tracker.add(np.frombuffer(message, PACKET_DTYPE))
+                if message[0] == "batch":
+                    _, index, name, rows = message
+                    shm = buffers.get(index)
+                    if shm is None or shm.name != name:  # the parent grew it
+                        if shm is not None:
+                            shm.close()
+                        shm = buffers[index] = _attach(name)
+                    packets = np.ndarray((rows,), PACKET_DTYPE, buffer=shm.buf)
+                    tracker.add(packets)
+                    del packets  # no view of the buffer past add: the parent reuses it
                     segments = tracker.take_segments() if tracker.keep_segments else None
                     conn.send(("ok", tracker.take_new_flows(), segments))
-                elif message == b"finish":
+                elif message[0] == "finish":
                     tracker.finish()
                     conn.send(("ok", tracker.take_new_flows(), tracker.flows, tracker.rsts,
                                tracker.rtts, tracker.counts, tracker.rtt_samples_seen))
@@ -52,8 +85,11 @@ def _worker(conn, options: dict) -> None:
             except Exception as exc:  # reported to the parent, which raises WorkerFailed
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
                 return
-    except (EOFError, KeyboardInterrupt):
+    except (EOFError, OSError, KeyboardInterrupt):
         return
+    finally:
+        for shm in buffers.values():
+            shm.close()
 
 
 class ShardedFlowTracker:
@@ -70,7 +106,12 @@ class ShardedFlowTracker:
         self._numbering = FlowNumbering(jobs)
         self._segments: list[np.ndarray] = []
         self._result: tuple | None = None
-        self._waiting: list[int] = []  # shards holding the batch in flight
+        # Batches handed out, oldest first: the shards holding each.
+        self._in_flight: deque[list[int]] = deque()
+        self._batches_sent = 0
+        # Per worker, IN_FLIGHT shared buffers (created and grown on demand).
+        self._buffers: list[list[shared_memory.SharedMemory | None]] = [
+            [None] * IN_FLIGHT for _ in range(jobs)]
         self._rng = np.random.default_rng(0x7AC3)
         context = mp.get_context("spawn")
         self._conns, self._procs = [], []
@@ -98,38 +139,69 @@ class ShardedFlowTracker:
             raise WorkerFailed(f"flow worker {k}: {answer[1]}")
         return answer[1:]
 
+    def _tell(self, k: int, message: tuple) -> None:
+        try:
+            self._conns[k].send(message)
+        except (OSError, ValueError) as exc:
+            raise WorkerFailed(f"flow worker {k} exited") from exc
+
+    def _buffer(self, k: int, index: int, rows: int) -> shared_memory.SharedMemory:
+        """Worker k's buffer `index`, large enough for `rows` packet rows."""
+        shm = self._buffers[k][index]
+        if shm is None or shm.size < rows * _ROW:
+            if shm is not None:
+                shm.close()
+                shm.unlink()
+                self._buffers[k][index] = None
+            # Headroom, so a batch a little larger than the last does not recreate it.
+            shm = shared_memory.SharedMemory(create=True, size=max(rows + rows // 4, 1024) * _ROW)
+            self._buffers[k][index] = shm
+        return shm
+
     def add(self, packets: np.ndarray) -> None:
-        """Hand a batch to the shards and return at once; their answers are collected before
-        the next batch goes out (or when results are asked for), so the caller reads and
-        decodes the next batch while the shards work."""
+        """Hand a batch to the shards and return at once (once IN_FLIGHT batches are out, the
+        oldest one's answers are collected first), so the caller reads and decodes the next
+        batch while the shards work."""
         if packets.shape[0] == 0:
             return
-        self._collect()
-        shard = endpoint_shard(packets, self.jobs)
+        while len(self._in_flight) >= IN_FLIGHT:
+            self._collect_oldest()
+        shard = endpoint_shard(packets, self.jobs).astype(np.uint8)
+        order = np.argsort(shard, kind="stable")  # by shard, capture order within one
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(shard, minlength=self.jobs))))
         # Whole rows as opaque items: numpy copies a structured row field by field otherwise.
-        rows_as_items = np.ascontiguousarray(packets).view(
-            np.dtype((np.void, packets.dtype.itemsize)))
+        rows_as_items = np.ascontiguousarray(packets).view(np.dtype((np.void, _ROW)))
+        index = self._batches_sent % IN_FLIGHT
+        waiting = []
         for k in range(self.jobs):
-            rows = np.flatnonzero(shard == k)  # in capture order
+            rows = order[bounds[k]:bounds[k + 1]]
             if rows.size:
-                self._conns[k].send_bytes(rows_as_items[rows])
-                self._waiting.append(k)
+                shm = self._buffer(k, index, rows.size)
+                target = np.ndarray((rows.size,), rows_as_items.dtype, buffer=shm.buf)
+                np.take(rows_as_items, rows, out=target)
+                del target
+                self._tell(k, ("batch", index, shm.name, rows.size))
+                waiting.append(k)
+        self._in_flight.append(waiting)
+        self._batches_sent += 1
 
-    def _collect(self) -> None:
-        """The answers to the batch in flight: new flows' numbers, segment rows."""
-        if not self._waiting:
-            return
+    def _collect_oldest(self) -> None:
+        """The answers to the oldest batch in flight: new flows' numbers, segment rows."""
+        waiting = self._in_flight.popleft()
         firsts = [np.zeros(0, np.int64)] * self.jobs
         segments = []
-        for k in self._waiting:
+        for k in waiting:
             new_flows, rows = self._ask(k)
             firsts[k] = new_flows
             if rows is not None:
                 segments.append((k, rows))
-        self._waiting = []
         self._numbering.add(firsts)
         if self.keep_segments and segments:
             self._segments.append(self._merge_rows(segments, SEGMENT_DTYPE))
+
+    def _collect(self) -> None:
+        while self._in_flight:
+            self._collect_oldest()
 
     def _merge_rows(self, parts: list[tuple[int, np.ndarray]], dtype, by: str = "frame"):
         """Rows of several shards with global flow ids, sorted by one column."""
@@ -145,8 +217,8 @@ class ShardedFlowTracker:
         if self._result is not None:
             return
         self._collect()
-        for conn in self._conns:
-            conn.send_bytes(b"finish")
+        for k in range(self.jobs):
+            self._tell(k, ("finish",))
         answers = [self._ask(k) for k in range(self.jobs)]
         self._numbering.add([a[0] for a in answers])
         flows = self._merge_rows([(k, a[1]) for k, a in enumerate(answers)], FLOW_DTYPE,
@@ -205,7 +277,7 @@ class ShardedFlowTracker:
         """Stop the workers (by their handles): politely, then for good."""
         for conn in self._conns:
             try:
-                conn.send_bytes(b"stop")
+                conn.send(("stop",))
             except (OSError, ValueError):
                 pass
         for proc in self._procs:
@@ -216,6 +288,14 @@ class ShardedFlowTracker:
         for conn in self._conns:
             conn.close()
         self._conns, self._procs = [], []
+        # Unlinked only now: a worker may still have been reading one.
+        for pair in self._buffers:
+            for i, shm in enumerate(pair):
+                if shm is not None:
+                    shm.close()
+                    shm.unlink()
+                    pair[i] = None
+        self._in_flight.clear()
 
     def __enter__(self) -> ShardedFlowTracker:
         return self

@@ -812,14 +812,11 @@ class FlowTracker:
             ("keep_alives", keep_alive),
             ("rst_count", rst_s & live),
         )
-        # All counters in one segmented sum over a stack of masks (one byte per row each).
-        stack = np.empty((len(counters), n), np.uint8)
-        for i, (_, mask) in enumerate(counters):
-            stack[i] = mask
-        sums = np.zeros((len(counters), nseg), np.int64)
-        sums[:, S.first_seg] = np.add.reduceat(stack, S.first_rows, axis=1, dtype=np.int64)
-        for i, (name, _) in enumerate(counters):
-            fin_state[name] += sums[i].reshape(nf, 2)
+        # Most of these events are rare: count each over its own rows (fd_s is sorted).
+        for name, mask in counters:
+            hits = np.flatnonzero(mask)
+            if hits.size:
+                fin_state[name] += np.bincount(fd_s[hits], minlength=nseg).reshape(nf, 2)
         fin_state["packets"] += seg_count.reshape(nf, 2)
         fin_state["payload_bytes"] += sg.reduce_by(np.add, np.where(live, pay_s, 0), S, nseg,
                                                    0).reshape(nf, 2)
@@ -1357,6 +1354,23 @@ class FlowTracker:
             self._holes = self._holes[open_]
 
     def _emit_flows(self, s: np.ndarray) -> None:
+        rst_any = s["rst_count"].sum(axis=1) > 0
+        fin_both = (s["fin_ts"] >= 0).all(axis=1)
+        fin_one = (s["fin_ts"] >= 0).any(axis=1)
+        established = (s["hs_ack_ts"] >= 0) | s["midstream"] | (s["packets"] > 0).all(axis=1) & (s["synack_ts"] >= 0)
+        refused = rst_any & (s["syn_ts"] >= 0) & (s["synack_ts"] < 0) & (s["rst_count"][:, 1] > 0)
+        state = np.full(s.shape[0], v.FLOW_OPEN, np.uint8)
+        state[fin_one & ~rst_any] = v.FLOW_HALF_CLOSED
+        state[fin_both & ~rst_any] = v.FLOW_CLOSED_FIN
+        state[~established & ~rst_any & (s["syn_ts"] >= 0)] = v.FLOW_HANDSHAKE_ONLY
+        state[rst_any] = v.FLOW_CLOSED_RST
+        state[refused] = v.FLOW_REFUSED
+        names, counts = np.unique(state, return_counts=True)
+        for code, count in zip(names.tolist(), counts.tolist(), strict=True):
+            name = v.FLOW_STATE_NAMES[code]
+            self.counts.states[name] = self.counts.states.get(name, 0) + count
+        if not self.keep_flows:
+            return  # counted, not kept: no rows to build
         rows = np.zeros(s.shape[0], FLOW_DTYPE)
         rows["flow_id"] = s["flow_id"]
         ia = s["init_is_a"]
@@ -1375,24 +1389,8 @@ class FlowTracker:
             rows[name] = s[name]
         seen = s["next_seq"] > NO_SEQ
         rows["seq_bytes"] = np.where(seen, np.maximum(s["next_seq"] - np.maximum(s["min_seq"], 0), 0), 0)
-        rst_any = s["rst_count"].sum(axis=1) > 0
-        fin_both = (s["fin_ts"] >= 0).all(axis=1)
-        fin_one = (s["fin_ts"] >= 0).any(axis=1)
-        established = (s["hs_ack_ts"] >= 0) | s["midstream"] | (s["packets"] > 0).all(axis=1) & (s["synack_ts"] >= 0)
-        refused = rst_any & (s["syn_ts"] >= 0) & (s["synack_ts"] < 0) & (s["rst_count"][:, 1] > 0)
-        state = np.full(s.shape[0], v.FLOW_OPEN, np.uint8)
-        state[fin_one & ~rst_any] = v.FLOW_HALF_CLOSED
-        state[fin_both & ~rst_any] = v.FLOW_CLOSED_FIN
-        state[~established & ~rst_any & (s["syn_ts"] >= 0)] = v.FLOW_HANDSHAKE_ONLY
-        state[rst_any] = v.FLOW_CLOSED_RST
-        state[refused] = v.FLOW_REFUSED
         rows["state"] = state
-        names, counts = np.unique(state, return_counts=True)
-        for code, count in zip(names.tolist(), counts.tolist(), strict=True):
-            name = v.FLOW_STATE_NAMES[code]
-            self.counts.states[name] = self.counts.states.get(name, 0) + count
-        if self.keep_flows:
-            self._flows.append(rows)
+        self._flows.append(rows)
 
 
 # -- helpers --------------------------------------------------------------------------------
