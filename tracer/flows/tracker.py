@@ -87,9 +87,10 @@ RESPONSE_QUIET_NS = 1_000_000_000
 DEFAULT_MAX_RTT_SAMPLES = 500_000
 
 
-def _hash(*columns: np.ndarray) -> np.ndarray:
-    """64-bit mix of several integer columns (splitmix64 finalizer per step)."""
-    h = np.full(columns[0].shape, 0x9E3779B97F4A7C15, np.uint64)
+def _hash(*columns: np.ndarray, h: np.ndarray | None = None) -> np.ndarray:
+    """64-bit mix of several integer columns (splitmix64 finalizer per step), continuing from
+    `h` when given."""
+    h = np.full(columns[0].shape, 0x9E3779B97F4A7C15, np.uint64) if h is None else h.copy()
     for col in columns:
         h ^= col.astype(np.uint64)
         h *= np.uint64(0xBF58476D1CE4E5B9)
@@ -536,6 +537,16 @@ class FlowTracker:
         # row (remembered for the next batch).
         near = (prev_dir == dir_fo) & (np.abs(ts_f - prev_ts) <= DUPLICATE_WINDOW_NS)
         near_rows = np.flatnonzero(near)
+        if near_rows.size:
+            # A copy repeats its predecessor's sequence, ACK, flags and length: rows that
+            # differ there are not copies, whatever the rest of their headers.
+            inner = ~first_f[near_rows]
+            r_now, r_prev = fo[near_rows[inner]], fo[near_rows[inner] - 1]
+            same = ((seq_raw[r_now] == seq_raw[r_prev]) & (ack_raw[r_now] == ack_raw[r_prev])
+                    & (flags[r_now] == flags[r_prev]) & (payload[r_now] == payload[r_prev]))
+            keep_near = np.ones(near_rows.size, bool)
+            keep_near[inner] = same
+            near_rows = near_rows[keep_near]
         need = np.zeros(n, bool)
         need[near_rows] = True
         need[near_rows[~first_f[near_rows]] - 1] = True
@@ -703,27 +714,29 @@ class FlowTracker:
             # Facts only RSTs need, looked up at the RST rows instead of scanned for all rows:
             # each is "the last earlier segment of one direction with some property".
             positions = fo_pos[rst_rows]
-            ipid_p = np.where(p["ip_version"] == 4, p["ip_id"].astype(np.int64), -1)
-            nonrst_f = ~rst[fo]
+            rst_f = rst[fo]
+            # Each fact: (which flow-order rows j have the property, its value at j, carried
+            # start per direction).
             specs = {
-                "max_ack": (live_f & ack_s[at_o], lambda j: ack_unw_s[at_o[j]], init["max_ack"]),
-                "last_ts": (np.ones(n, bool), lambda j: ts[fo[j]], init["dir_last_ts"]),
-                "fin_seen": (live_f & fin[fo], lambda j: np.ones(j.shape, np.int64),
+                "max_ack": (lambda j: live_f[j] & ack_s[at_o[j]], lambda j: ack_unw_s[at_o[j]],
+                            init["max_ack"]),
+                "last_ts": (lambda j: np.ones(j.shape, bool), lambda j: ts[fo[j]],
+                            init["dir_last_ts"]),
+                "fin_seen": (lambda j: live_f[j] & fin[fo[j]], lambda j: np.ones(j.shape, np.int64),
                              (init["fin_ts"] >= 0).astype(np.int64)),
-                "last_data_frame": (live_f & (payload[fo] > 0), lambda j: frame[fo[j]],
-                                    init["last_data_frame"]),
-                "last_data_ts": (live_f & (payload[fo] > 0), lambda j: ts[fo[j]],
+                "last_data_frame": (lambda j: live_f[j] & (payload[fo[j]] > 0),
+                                    lambda j: frame[fo[j]], init["last_data_frame"]),
+                "last_data_ts": (lambda j: live_f[j] & (payload[fo[j]] > 0), lambda j: ts[fo[j]],
                                  init["last_data_ts"]),
-                "ttl": (nonrst_f, lambda j: p["ttl"][fo[j]].astype(np.int64),
+                "ttl": (lambda j: ~rst_f[j], lambda j: p.at("ttl", fo[j]).astype(np.int64),
                         init["ttl_last"].astype(np.int64)),
-                "ipid": (nonrst_f, lambda j: ipid_p[fo[j]], init["ipid_last"].astype(np.int64)),
+                "ipid": (lambda j: ~rst_f[j],
+                         lambda j: np.where(p.at("ip_version", fo[j]) == 4,
+                                            p.at("ip_id", fo[j]).astype(np.int64), -1),
+                         init["ipid_last"].astype(np.int64)),
             }
+            found = _last_before_rsts(specs, positions, FS.start_row[positions], dir_f, fseg, n)
             rdir = dir_f[positions]
-            found: dict[tuple[str, int], np.ndarray] = {}
-            for name, (mask, values, start) in specs.items():
-                for d in (0, 1):
-                    found[(name, d)] = _last_before(mask & (dir_f == d), values, start[:, d],
-                                                    fseg, positions)
 
             def at_rst(name: str, own_side: bool) -> np.ndarray:
                 mine, theirs = found[(name, 0)], found[(name, 1)]
@@ -731,7 +744,7 @@ class FlowTracker:
 
             b.flow_first = (sg.first_of(ts_fo, FS, nf, NO_TIME),
                             sg.first_of(frame_fo, FS, nf, 0))
-            b.flow_order = (fo_pos, fseg, dir_f, nonrst_f)
+            b.flow_order = (fo_pos, fseg, dir_f, ~rst_f)
             self._rst_events(b, uniq_flow, init, hs, o, rst_rows, seq_unw, next_before,
                              rev_window, rev_next, at_rst)
         self._watch_continuations(uniq_flow, S, rst_s, frame_o)
@@ -1451,7 +1464,8 @@ class _Batch:
 
 def _fingerprint(p: _Columns, rows: np.ndarray) -> np.ndarray:
     """At `rows`: a hash of every header field a resend would change (not the capture time).
-    Fields are packed into 64-bit words first, so the hash mixes five words, not 20 fields."""
+    Fields are packed into 64-bit words first, so the hash mixes four words (eight with SACK
+    blocks), not 20 fields."""
     def u64(name: str) -> np.ndarray:
         return p.at(name, rows).astype(np.uint64)
 
@@ -1463,16 +1477,14 @@ def _fingerprint(p: _Columns, rows: np.ndarray) -> np.ndarray:
         (u64("ttl") << np.uint64(56)) | (u64("opt_present") << np.uint64(48))
         | (u64("sack_count") << np.uint64(40)) | u64("wirelen"),
     ]
+    h = _hash(*words)
     sack = p.at("sack_count", rows) > 0
-    if sack.any():  # SACK blocks only where there are some
+    if sack.any():  # SACK blocks mixed in only where there are some
         left, right = p.at("sack_left", rows[sack]), p.at("sack_right", rows[sack])
-        for i in range(left.shape[1]):
-            block = np.zeros(rows.shape[0], np.uint64)
-            block[sack] = (left[:, i].astype(np.uint64) << np.uint64(32)) | right[:, i]
-            words.append(block)
-    else:
-        words += [np.zeros(rows.shape[0], np.uint64)] * 4
-    return _hash(*words)
+        blocks = [(left[:, i].astype(np.uint64) << np.uint64(32)) | right[:, i]
+                  for i in range(left.shape[1])]
+        h[sack] = _hash(*blocks, h=h[sack])
+    return h
 
 
 def _last_before(mask: np.ndarray, values, start: np.ndarray, seg: np.ndarray,
@@ -1487,6 +1499,47 @@ def _last_before(mask: np.ndarray, values, start: np.ndarray, seg: np.ndarray,
     if ok.any():
         out[ok] = values(j[ok])
     return out
+
+
+def _last_before_rsts(specs: dict, positions: np.ndarray, starts: np.ndarray,
+                     dir_f: np.ndarray, fseg: np.ndarray, n: int) -> dict:
+    """For each fact of `specs` (name -> (property of rows, value at rows, carried start per
+    (flow, direction))) and each direction d: at each RST's flow-order position, the value at
+    the last earlier row of its flow from direction d with the property, else the carried
+    start. RSTs are few, so only the rows of their flows before them are looked at (a ragged
+    window per RST); when those windows add up to more than the batch, one pass per fact over
+    the batch is cheaper."""
+    lens = positions - starts
+    total = int(lens.sum())
+    seg_at = fseg[positions]
+    found: dict[tuple[str, int], np.ndarray] = {}
+    if total > n:
+        every = np.arange(n)
+        for name, (has, values, start) in specs.items():
+            mask = has(every)
+            for d in (0, 1):
+                found[(name, d)] = _last_before(mask & (dir_f == d), values, start[:, d],
+                                                fseg, positions)
+        return found
+    owner_first = np.cumsum(lens) - lens
+    owner = np.repeat(np.arange(positions.size), lens)
+    rows = starts[owner] + (np.arange(total) - owner_first[owner])
+    nonempty = lens > 0
+    dir_w = dir_f[rows]
+    index = np.arange(total)
+    for name, (has, values, start) in specs.items():
+        mask = has(rows)
+        for d in (0, 1):
+            last = np.full(positions.size, -1, np.int64)
+            if total:
+                candidate = np.where(mask & (dir_w == d), index, -1)
+                last[nonempty] = np.maximum.reduceat(candidate, owner_first[nonempty])
+            out = start[seg_at, d].astype(np.int64)
+            ok = last >= 0
+            if ok.any():
+                out[ok] = values(rows[last[ok]])
+            found[(name, d)] = out
+    return found
 
 
 def _first_frame_of(dense: np.ndarray, mask: np.ndarray, frame: np.ndarray, nf: int,
@@ -1542,10 +1595,12 @@ def _compound(flow: np.ndarray, direction: np.ndarray, value: np.ndarray) -> np.
 def _after_last_echo(echoed: np.ndarray, frame: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Rows to keep of a table sorted by `keys`: per (flow, direction), drop the TSvals sent
     before the last one echoed."""
+    if keys.size == 0:
+        return np.ones(0, bool)
     group = keys >> np.int64(32)  # (flow, direction), contiguous in key order
-    seg = sg.Segments(np.cumsum(sg.starts_of(group)) - 1)
-    last_echo = sg.reduce_by(np.maximum, np.where(echoed, frame, 0), seg, seg.nseg, 0)
-    return frame >= last_echo[seg.seg]
+    firsts = np.flatnonzero(sg.starts_of(group))
+    last_echo = np.maximum.reduceat(np.where(echoed, frame, 0), firsts)
+    return frame >= np.repeat(last_echo, np.diff(np.append(firsts, keys.size)))
 
 
 def _later_from_sender(b: _Batch, rst_rows: np.ndarray) -> np.ndarray:
