@@ -458,7 +458,7 @@ class FlowTracker:
         seg = fd_s  # segments numbered by fd directly (2 per dense flow)
         nseg = 2 * nf
         S = sg.Segments(fd_s, nseg)
-        ts_o, frame_o, ack_o = ts[o], frame[o], ack_raw[o]
+        ts_o, frame_o, ack_o, seq_o = ts[o], frame[o], ack_raw[o], seq_raw[o]
         init_fd = lambda name: init[name].reshape(-1)  # noqa: E731 - (nf, 2) -> per fd
 
         # Bases: the state's, else the earlier of this direction's first segment and the other
@@ -468,7 +468,7 @@ class FlowTracker:
         first_seq = np.full(nseg, -1, np.int64)
         first_seq_frame = np.full(nseg, np.iinfo(np.int64).max)
         firsts = sg.starts_of(fd_s)
-        first_seq[fd_s[firsts]] = seq_raw[o][firsts]
+        first_seq[fd_s[firsts]] = seq_o[firsts]
         first_seq_frame[fd_s[firsts]] = frame_o[firsts]
         ack_rows = np.flatnonzero(ackf)
         first_ack = np.full(nseg, -1, np.int64)
@@ -488,13 +488,15 @@ class FlowTracker:
         base_valid |= use_seq | use_ack
 
         # Unwrapped sequence numbers, per direction in frame order.
-        rel = (seq_raw[o] - base[fd_s]) & MASK32
+        rel = (seq_o - base[fd_s]) & MASK32
         prev_rel = np.where(init_fd("base_valid") & (init_fd("packets") > 0),
                             init_fd("seq_last_rel").astype(np.int64), 0)
         prev_rel_row = sg.ffill_before(rel, np.ones(n, bool), S, prev_rel)
         start_unw = np.where(init_fd("packets") > 0, init_fd("seq_last"), 0)
         seq_unw = sg.cumsum_in(_wrap32(rel - prev_rel_row), S, start_unw)
-        syn_s, fin_s, rst_s, ack_s = syn[o], fin[o], rst[o], ackf[o]
+        flags_o = flags[o]
+        syn_s, fin_s = (flags_o & TH_SYN) != 0, (flags_o & TH_FIN) != 0
+        rst_s, ack_s = (flags_o & TH_RST) != 0, (flags_o & TH_ACK) != 0
         pay_s = payload[o]
         seg_len = pay_s + syn_s + fin_s
         end = np.where(rst_s, seq_unw, seq_unw + seg_len)
@@ -582,13 +584,13 @@ class FlowTracker:
         has_prev = (prev_idx >= 0) | (init_fd("packets")[seg] > 0)
         prev_ack_raw = np.where(prev_idx >= 0, ack_o[np.maximum(prev_idx, 0)],
                                 init_fd("last_ack_raw")[seg].astype(np.int64))
-        prev_win = np.where(prev_idx >= 0, win_raw[o][np.maximum(prev_idx, 0)],
+        win_s = win_raw[o]
+        prev_win = np.where(prev_idx >= 0, win_s[np.maximum(prev_idx, 0)],
                             init_fd("last_window")[seg])
         # When the highest sequence end was last raised (Wireshark's nextseqtime).
         advanced = live & ~rst_s & (end > next_before)
         next_seq_ts = sg.ffill_before(ts_o, advanced, S, init_fd("next_seq_ts"))
 
-        win_s = win_raw[o]
         pure = ~(syn_s | fin_s | rst_s)
         dupack = (live & (pay_s == 0) & (win_s != 0) & (win_s == prev_win) & has_prev
                   & (seq_unw == next_before) & (ack_o == prev_ack_raw) & pure & ack_s)
@@ -605,9 +607,11 @@ class FlowTracker:
 
         # Window scale: from the direction's SYN (only if both SYNs carried the option).
         wscale_fd = init_fd("wscale").astype(np.int64).copy()
-        syn_ws = syn_s & ((p["opt_present"][o] & OPT_WSCALE) != 0)
+        opt_o = p["opt_present"][o]
+        syn_ws = syn_s & ((opt_o & OPT_WSCALE) != 0)
         if syn_ws.any():
-            wscale_fd[seg[syn_ws]] = np.minimum(p["wscale"][o][syn_ws].astype(np.int64), MAX_WSCALE)
+            wscale_fd[seg[syn_ws]] = np.minimum(p.at("wscale", o[syn_ws]).astype(np.int64),
+                                                MAX_WSCALE)
         syn_seen_fd = np.zeros(nseg, bool)
         syn_seen_fd[seg[syn_s]] = True
         syn_no_ws = syn_s & ~syn_ws
@@ -689,7 +693,7 @@ class FlowTracker:
                           (spurious, v.A_SPURIOUS_RETRANSMISSION | v.A_RETRANSMISSION),
                           (plain, v.A_RETRANSMISSION), (dup, v.A_DUPLICATE)):
             flags_out[mask] |= bit
-        flags_out[b.reused_flag[o]] |= v.A_REUSED_PORTS
+        flags_out[inv_o[np.flatnonzero(b.reused_flag)]] |= v.A_REUSED_PORTS
         self._settle_holes(uniq_flow, fd_s, frame_o, seq_unw, end, live, ack_s, ack_unw_s,
                            retrans_like, lost, next_before, flags_out)
         for bit, name in enumerate(v.SEGMENT_FLAG_NAMES):
@@ -705,7 +709,7 @@ class FlowTracker:
         ack_rtt = self._data_rtt(uniq_flow, fd_s, live, ack_s, ack_unw_s, end, pay_s,
                                  rst_s, retrans_like, ts_o, frame_o, own_max_ack)
         self._handshake_rtt(hs, uniq_flow, init)
-        p_o = {name: p[name][o] for name in ("opt_present", "tsval", "tsecr")}
+        p_o = {"opt_present": opt_o, "tsval": p["tsval"][o], "tsecr": p["tsecr"][o]}
         self._timestamp_rtt(p_o, uniq_flow, fd_s, live, ack_s, ts_o, frame_o)
 
         # RST events.
@@ -841,21 +845,19 @@ class FlowTracker:
         rts = np.where(rts == np.iinfo(np.int64).max, NO_TIME, rts).reshape(nf, 2)
         fin_state["first_rst_ts"] = np.where(fin_state["first_rst_ts"] >= 0,
                                              fin_state["first_rst_ts"], rts)
-        has_ttl = np.zeros(nseg, bool)
-        has_ttl[seg[~rst_s]] = True
         last_nonrst = sg.reduce_by(np.maximum, np.where(~rst_s, np.arange(n), -1), S, nseg, -1)
-        _set_fd(fin_state, "ttl_last", has_ttl,
-                p["ttl"][o][np.maximum(last_nonrst, 0)].astype(np.int16))
-        ipid = np.where(p["ip_version"][o] == 4, p["ip_id"][o].astype(np.int64), -1)
-        _set_fd(fin_state, "ipid_last", has_ttl, ipid[np.maximum(last_nonrst, 0)].astype(np.int32))
+        has_ttl = last_nonrst >= 0
+        at_last = o[np.maximum(last_nonrst, 0)]  # packet rows (meaningful where has_ttl)
+        _set_fd(fin_state, "ttl_last", has_ttl, p.at("ttl", at_last).astype(np.int16))
+        ipid = np.where(p.at("ip_version", at_last) == 4, p.at("ip_id", at_last).astype(np.int64), -1)
+        _set_fd(fin_state, "ipid_last", has_ttl, ipid.astype(np.int32))
         for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid",
                      "syn_count", "synack_count", "hs_ambiguous"):
             fin_state[name] = hs[name]
-        last_f = np.ones(n, bool)
-        last_f[:-1] = fseg[1:] != fseg[:-1]
-        fin_state["last_fp"][fseg[last_f]] = fp_f[last_f]
-        fin_state["last_dir"][fseg[last_f]] = dir_fo[last_f]
-        fin_state["last_iface"][fseg[last_f]] = p["iface"][fo[last_f]]
+        last_f, last_flow = FS.last_rows, FS.last_seg
+        fin_state["last_fp"][last_flow] = fp_f[last_f]
+        fin_state["last_dir"][last_flow] = dir_fo[last_f]
+        fin_state["last_iface"][last_flow] = p.at("iface", fo[last_f])
         fft = sg.reduce_by(np.minimum, ts_fo, FS, nf, np.iinfo(np.int64).max)
         fin_state["first_ts"] = np.where(fin_state["first_ts"] >= 0, fin_state["first_ts"], fft)
         flt = sg.reduce_by(np.maximum, ts_fo, FS, nf, NO_TIME)
@@ -1001,8 +1003,10 @@ class FlowTracker:
                      "syn_count", "synack_count", "hs_ambiguous"):
             hs[name] = init[name]
         big = np.iinfo(np.int64).max
-        syn_rows = syn & ~ackf & (direction == 0)
-        sa_rows = syn & ackf & (direction == 1)
+        # SYNs are few: work on their rows (indices) rather than on whole-batch masks.
+        syn_any = np.flatnonzero(syn)
+        syn_rows = syn_any[~ackf[syn_any] & (direction[syn_any] == 0)]
+        sa_rows = syn_any[ackf[syn_any] & (direction[syn_any] == 1)]
         for rows, name, fr in ((syn_rows, "syn_ts", "syn_frame"), (sa_rows, "synack_ts", "synack_frame")):
             first = _first_frame_of(dense, rows, frame, nf, big)
             got = first < big
@@ -1027,9 +1031,12 @@ class FlowTracker:
         hs["hs_ambiguous"][:, 1] |= new_sa & ((init["syn_count"] + syn_before_sa) > 1)
         hs["syn_count"] += np.bincount(dense[syn_rows], minlength=nf)
         hs["synack_count"] += np.bincount(dense[sa_rows], minlength=nf)
-        completing = (~syn & ackf & ~rst & (direction == 0)
-                      & hs["synack_valid"][dense]
-                      & (ack_raw == ((hs["synack_seq"][dense].astype(np.int64) + 1) & MASK32)))
+        # Only flows still waiting for the handshake's ACK can complete it here.
+        waiting = hs["synack_valid"] & (hs["hs_ack_ts"] < 0)
+        cand = np.flatnonzero(waiting[dense])
+        dc = dense[cand]
+        completing = cand[~syn[cand] & ackf[cand] & ~rst[cand] & (direction[cand] == 0)
+                          & (ack_raw[cand] == ((hs["synack_seq"][dc].astype(np.int64) + 1) & MASK32))]
         first = _first_frame_of(dense, completing, frame, nf, big)
         got = first < big
         pos = np.searchsorted(frame, first[got])
@@ -1542,12 +1549,12 @@ def _last_before_rsts(specs: dict, positions: np.ndarray, starts: np.ndarray,
     return found
 
 
-def _first_frame_of(dense: np.ndarray, mask: np.ndarray, frame: np.ndarray, nf: int,
+def _first_frame_of(dense: np.ndarray, rows: np.ndarray, frame: np.ndarray, nf: int,
                     none: int) -> np.ndarray:
-    """Per dense flow, the first frame among rows in `mask` (`none` if none). Rows are in
-    capture order, so writing them in reverse leaves each flow's first."""
+    """Per dense flow, the first frame among `rows` (increasing row indices; `none` if none).
+    Rows are in capture order, so writing them in reverse leaves each flow's first."""
     first = np.full(nf, none, np.int64)
-    rows = np.flatnonzero(mask)[::-1]
+    rows = rows[::-1]
     first[dense[rows]] = frame[rows]
     return first
 
