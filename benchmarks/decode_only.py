@@ -3,8 +3,10 @@
 #
 # Rules:
 # - Runs the public stage APIs exactly as the pipeline does (open_capture -> batches ->
-#   decode_frames) and keeps no packet batch alive past its iteration, so the process's peak
-#   memory is what streaming a file costs.
+#   decode_frames; with --flows, decode in the reader thread and the flow stage on the event
+#   loop, through tracer.pipeline.consume, as `tracer analyze` overlaps them) and keeps no
+#   packet batch alive past its use, so the process's peak memory is what streaming a file
+#   costs.
 # - Prints one JSON line on stdout and nothing else there; the parent process measures wall
 #   time and peak RSS from outside, this measures the loop itself (imports excluded).
 
@@ -36,7 +38,7 @@ def decode_file(path: str, *, flows: bool = False, jobs: int = 1) -> dict[str, f
     from tracer.decode import decode_frames
     from tracer.flows import FlowTracker
     from tracer.parallel import ShardedFlowTracker
-    from tracer.pipeline import coalesced
+    from tracer.pipeline import coalesced, consume, run
     from tracer.source import open_capture
 
     # As `tracer analyze` runs it: finished-flow rows are counted, not kept.
@@ -49,21 +51,30 @@ def decode_file(path: str, *, flows: bool = False, jobs: int = 1) -> dict[str, f
     # mapped file pages count in RSS but are the page cache's, not ours: anonymous memory is
     # what grows if something accumulates, so track its peak (sampled once per batch)
     peak_anon_kb = 0
+
+    def count(packets, counts) -> None:
+        nonlocal frames, tcp_packets, batches, peak_anon_kb
+        frames += counts.frames
+        tcp_packets += len(packets)
+        batches += 1
+        peak_anon_kb = max(peak_anon_kb, _memory_kb().get("RssAnon", 0))
+
     started = time.perf_counter()
     with open_capture(path) as reader:
-        decoded = (decode_frames(batch) for batch in reader.batches())
-        if tracker is not None:
-            decoded = coalesced(decoded)  # as the pipeline feeds the flow stage
-        for packets, counts in decoded:
-            if tracker is not None:
+        if tracker is None:
+            for packets, counts in (decode_frames(batch) for batch in reader.batches()):
+                count(packets, counts)
+                del packets
+        else:
+            # As the pipeline runs decode + flows: read, decode and join small batches in the
+            # reader thread, the flow stage on the event loop.
+            def handle(item) -> None:
+                packets, counts = item
                 tracker.add(packets)
-            frames += counts.frames
-            tcp_packets += len(packets)
-            batches += 1
-            del packets
-            peak_anon_kb = max(peak_anon_kb, _memory_kb().get("RssAnon", 0))
-    if tracker is not None:
-        tracker.finish()
+                count(packets, counts)
+
+            run(consume(lambda: coalesced(decode_frames(b) for b in reader.batches()), handle))
+            tracker.finish()
     seconds = time.perf_counter() - started
     memory = _memory_kb()
     # With workers, their memory counts too: the largest of them (they have exited by now).

@@ -1,10 +1,11 @@
 """The asyncio driver that connects the stages for one capture (the I/O edge).
 
 Theory of operation: a source runs in a worker thread (memory-mapped reads, gzip inflation,
-or pyshark with its own event loop) and hands batches to the event loop through a bounded
-queue, so a slow consumer holds the reader back instead of letting batches pile up. The event
-loop thread decodes and aggregates. numpy releases the GIL in its copy and gather loops, so the
-reader's page faults and copies overlap the decode of the previous batch.
+or pyshark with its own event loop) together with decode, and hands decoded batches to the event
+loop through a bounded queue, so a slow consumer holds the reader back instead of letting
+batches pile up. The event loop thread runs the flow stage and the aggregates. numpy releases
+the GIL in its loops, so reading and decoding the next batches overlap the flow stage of this
+one; the reader waits only for room in the queue, never for the loop (see `_pump`).
 
 The core stages know nothing of this module: it only calls their pure functions.
 """
@@ -12,7 +13,6 @@ The core stages know nothing of this module: it only calls their pure functions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import sys
@@ -48,32 +48,48 @@ def run(coro):
 
 
 async def _pump(make_items: Callable[[], Iterator], queue: asyncio.Queue,
-                stop: threading.Event) -> None:
-    """Move items from a blocking iterator (made and run in a worker thread) into a queue."""
+                stop: threading.Event, room: threading.Semaphore) -> None:
+    """Move items from a blocking iterator (made and run in a worker thread) into a queue.
+
+    The thread waits only for `room` (one unit per item the consumer has not taken yet), never
+    for the event loop: an item handed over with call_soon_threadsafe is taken by the consumer,
+    which then handles it at once, so a producer waiting for the loop to confirm its put would
+    sit idle through that whole handling, and reading would never overlap it."""
     loop = asyncio.get_running_loop()
+
+    def hand_over(item) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
 
     def produce() -> None:
         try:
             for item in make_items():
+                while not room.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
                 if stop.is_set():
-                    break
-                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+                    return
+                hand_over(item)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
+            hand_over(exc)
             return
-        asyncio.run_coroutine_threadsafe(queue.put(_DONE), loop).result()
+        hand_over(_DONE)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracer-source") as pool:
         await loop.run_in_executor(pool, produce)
 
 
-async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object], None]) -> None:
-    queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_BATCHES)
+async def consume(make_items: Callable[[], Iterator], handle: Callable[[object], None]) -> None:
+    """Run `make_items()` in a reader thread and `handle` each item, in order, on the event
+    loop, the reader working ahead by up to QUEUE_BATCHES items: the overlap every offline
+    analysis runs with (and the benchmark measures)."""
+    queue: asyncio.Queue = asyncio.Queue()  # bounded by `room`
+    room = threading.Semaphore(QUEUE_BATCHES)
     stop = threading.Event()
-    producer = asyncio.create_task(_pump(make_items, queue, stop))
+    producer = asyncio.create_task(_pump(make_items, queue, stop, room))
     try:
         while True:
             item = await queue.get()
+            room.release()
             if item is _DONE:
                 break
             if isinstance(item, BaseException):
@@ -81,11 +97,8 @@ async def _consume(make_items: Callable[[], Iterator], handle: Callable[[object]
             handle(item)
     finally:
         stop.set()
-        # Unblock a producer waiting on a full queue, then wait for it to finish.
-        while not producer.done():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                queue.get_nowait()
-            await asyncio.sleep(0)
+        room.release()  # a producer waiting for room wakes and sees `stop`
+        await asyncio.wait({producer})
         if not producer.cancelled():
             producer.result()  # re-raise what the producer thread raised, if anything
 
@@ -183,7 +196,7 @@ async def _analyze_native(paths, labels, options, tracker, packet_filter, filter
                 if progress is not None:
                     progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
 
-            await _consume(decoded, handle)
+            await consume(decoded, handle)
             frames_before = reader.parser.frames_emitted
             facts["format"].append(reader.format)
             facts["compressed"] |= reader.compressed
@@ -229,7 +242,7 @@ async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
             if progress is not None:
                 progress(0, None, analysis.counts.frames)
 
-        await _consume(lambda: read_packets_pyshark(spooled or path), handle)
+        await consume(lambda: read_packets_pyshark(spooled or path), handle)
         return analysis, analysis.summary(filter_expr=filter_expr)
     finally:
         if spooled:
