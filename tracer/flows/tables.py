@@ -246,6 +246,61 @@ class StateTable(Columns):
         return cls(cols)
 
 
+def state_fill(name: str):
+    """The value a blank flow has in state column `name`."""
+    return _STATE_FILL.get(name, 0)
+
+
+class GatheredState(Columns):
+    """Some rows of a StateTable, each column gathered when first used.
+
+    The flow stage reads and writes a batch's flows' state column by column; in most batches
+    many columns (rare counters, the handshake of flows long past it) are never touched, so
+    gathering all ~65 of them up front, and writing them all back, moves state nobody looked
+    at. `loaded` columns are the ones a caller may have changed. Rows in `blank_rows` (flows
+    starting on a slot that held another flow) read as a blank flow, except the `kept`
+    columns (the slot's endpoints and its own columns).
+    """
+
+    __slots__ = ("source", "rows", "blank_rows", "kept")
+
+    def __init__(self, source: StateTable, rows: np.ndarray, blank_rows: np.ndarray,
+                 kept: frozenset[str]) -> None:
+        super().__init__({})
+        self.source = source
+        self.rows = rows
+        self.blank_rows = blank_rows
+        self.kept = kept
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    @property
+    def loaded(self) -> dict[str, np.ndarray]:
+        return self.cols
+
+    def __getitem__(self, key):
+        if not isinstance(key, str):
+            for name in self.source.cols:
+                self[name]
+            return StateTable({name: take_rows(col, key) for name, col in self.cols.items()})
+        col = self.cols.get(key)
+        if col is None:
+            col = take_rows(self.source.cols[key], self.rows)
+            if self.blank_rows.size and key not in self.kept:
+                col[self.blank_rows] = state_fill(key)
+            self.cols[key] = col
+        return col
+
+    def __setitem__(self, key, value) -> None:
+        if not isinstance(key, str):
+            raise TypeError("GatheredState assigns whole columns only")
+        if key not in self.cols:
+            source = self.source.cols[key]
+            self.cols[key] = np.empty((len(self), *source.shape[1:]), source.dtype)
+        self.cols[key][...] = value
+
+
 def blank_state(n: int) -> StateTable:
     return StateTable.blank(n)
 

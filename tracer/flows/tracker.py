@@ -66,8 +66,10 @@ from tracer.flows.tables import (
     RTT_KIND_TIMESTAMP,
     SEGMENT_DTYPE,
     Columns,
+    GatheredState,
     blank_state,
     rows_view,
+    state_fill,
     take_rows,
 )
 from tracer.packet import OPT_TIMESTAMP, OPT_WSCALE, TH_ACK, TH_FIN, TH_RST, TH_SYN
@@ -423,14 +425,8 @@ class FlowTracker:
             over = fresh & (prev_flow >= 0) & ~here
             if over.any():
                 self._emit_flows(st[np.unique(flow_slot[over])])
-        init = st[flow_slot]
-        if fresh.any():
-            # Flows starting here begin blank, on their slot's endpoints.
-            fi = np.flatnonzero(fresh)
-            blank = blank_state(fi.size)
-            for name in ("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port"):
-                blank[name] = init[name][fi]
-            init[fi] = blank
+        # Flows starting here begin blank, on their slot's endpoints.
+        init = GatheredState(st, flow_slot, np.flatnonzero(fresh), self._KEPT_ON_BLANK)
         init["flow_id"] = uniq_flow
         first_row = np.full(nf, n, np.int64)
         first_row[dense[::-1]] = np.arange(n)[::-1]  # the last write of each flow is its first row
@@ -877,7 +873,7 @@ class FlowTracker:
         replaced = ~last_of_slot
         if replaced.any():
             self._emit_flows(fin_state[replaced])
-        self._write_back(flow_slot, fin_state, last_of_slot, fresh)
+        self._write_back(flow_slot, fin_state, last_of_slot, fresh, fresh & (prev_flow >= 0))
         # Data still waiting for its ACK: drop what the receiver has acknowledged by now.
         pending = self._pending
         if pending.size:
@@ -893,13 +889,20 @@ class FlowTracker:
     _START_COLUMNS = frozenset(("flow_id", "a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port",
                                 "init_is_a", "midstream", "reused"))
 
-    def _write_back(self, flow_slot, fin_state, keep, fresh) -> None:
-        """Store the batch's final state of the flows that stay active in their slots."""
+    # Columns a flow starting on a slot keeps from it: the endpoints _slots wrote, and the
+    # slot's own columns.
+    _KEPT_ON_BLANK = frozenset(("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port")) | _SLOT_COLUMNS
+
+    def _write_back(self, flow_slot, fin_state: GatheredState, keep, fresh, on_used_slot) -> None:
+        """Store the batch's final state of the flows that stay active in their slots: the
+        columns the batch loaded (the others did not change), and for flows that started on a
+        slot another flow had used, blank values in the columns it never loaded."""
         st = self.state
         rows = None if keep.all() else np.flatnonzero(keep)
         slots = flow_slot if rows is None else flow_slot[rows]
+        # START columns are written for every flow that started here (blank on a used slot).
         started = np.flatnonzero(fresh if rows is None else fresh[rows])
-        for name, col in fin_state.cols.items():
+        for name, col in fin_state.loaded.items():
             if name in self._SLOT_COLUMNS:
                 continue
             if rows is not None:
@@ -909,6 +912,12 @@ class FlowTracker:
                     rows_view(st[name])[slots[started]] = rows_view(take_rows(col, started))
             else:
                 rows_view(st[name])[slots] = rows_view(np.ascontiguousarray(col))
+        reused = np.flatnonzero(on_used_slot if rows is None else on_used_slot[rows])
+        if reused.size:
+            targets = slots[reused]
+            for name in st.cols:
+                if name not in fin_state.loaded and name not in self._KEPT_ON_BLANK:
+                    st[name][targets] = state_fill(name)
 
     def _settle_holes(self, uniq_flow, fd_s, frame_o, seq_unw, end, live, ack_s, ack_unw_s,
                       retrans_like, lost, next_before, flags_out) -> None:
@@ -1156,12 +1165,14 @@ class FlowTracker:
         `self._tsvals` holds, per (flow, direction), the first sending of each TSval not yet
         superseded by a later echo, sorted by (flow, direction, TSval). Rows come in
         flow-direction order, where TSvals and TSecrs mostly rise, so the sorts below are
-        near-linear merges of runs.
+        near-linear merges of runs. Only the entries of this batch's flows take part: the
+        table follows every active flow (closed ones linger for `closed_timeout_s`), so the
+        others are set aside and merged back, not sorted again.
         """
         opt = p_o["opt_present"]
         has_ts = live & ((opt & OPT_TIMESTAMP) != 0)
-        if not has_ts.any() and self._tsvals.size == 0:
-            return
+        if not has_ts.any():
+            return  # no TSval sent or echoed here: the table stays as it is
         flow = uniq_flow[fd_s >> 1]
         direction = fd_s & 1
         tsval, tsecr = p_o["tsval"], p_o["tsecr"]
@@ -1170,7 +1181,12 @@ class FlowTracker:
             "key": _compound(flow[rows], direction[rows], tsval[rows]),
             "ts_ns": ts_o[rows], "frame": frame_o[rows], "echoed": np.zeros(rows.size, bool),
         })
-        t = self._tsvals.concatenate(new) if self._tsvals.size else new
+        carried, aside = self._tsvals, None
+        if carried.size:
+            _, here = _find(uniq_flow, carried["key"] >> np.int64(33))
+            if not here.all():
+                aside, carried = carried[~here], carried[here]
+        t = carried.concatenate(new) if carried.size else new
         # Stable: for equal keys the carried (older) sending stays first and wins.
         t = t[np.argsort(t["key"], kind="stable")]
         keys = t["key"]
@@ -1210,6 +1226,8 @@ class FlowTracker:
             keep = _after_last_echo(t["echoed"], t["frame"], keys)
             if not keep.all():
                 t = t[keep]
+        if aside is not None:
+            t = _merge_by_key(aside, t)  # disjoint flows, both sorted
         if t.size > 4 * max(int(self.in_use.sum()), 1024):
             # Entries of finished flows: dropped now and then, not on every batch.
             alive = np.concatenate((self.state["flow_id"][self.in_use], uniq_flow))
@@ -1597,6 +1615,25 @@ def _seg_key(seg: np.ndarray, value: np.ndarray) -> np.ndarray:
 def _compound(flow: np.ndarray, direction: np.ndarray, value: np.ndarray) -> np.ndarray:
     """One sortable int key for (flow, direction, 32-bit value)."""
     return (flow.astype(np.int64) << 33) | (direction.astype(np.int64) << 32) | value.astype(np.int64)
+
+
+def _merge_by_key(first: Columns, second: Columns) -> Columns:
+    """Two tables sorted by "key" as one sorted table (rows of `first` before equal keys of
+    `second`): a binary search per row of `second`, then one scatter per column."""
+    if first.size == 0 or second.size == 0:
+        return second if first.size == 0 else first
+    total = first.size + second.size
+    at_second = np.searchsorted(first["key"], second["key"], "right") + np.arange(second.size)
+    from_second = np.zeros(total, bool)
+    from_second[at_second] = True
+    at_first = np.flatnonzero(~from_second)
+    cols = {}
+    for name, col in first.cols.items():
+        out = np.empty((total, *col.shape[1:]), col.dtype)
+        out[at_first] = col
+        out[at_second] = second.cols[name]
+        cols[name] = out
+    return Columns(cols)
 
 
 def _after_last_echo(echoed: np.ndarray, frame: np.ndarray, keys: np.ndarray) -> np.ndarray:
