@@ -23,6 +23,7 @@ STATE_DTYPE = np.dtype(
         ("flow_id", np.int64),
         ("a_hi", np.uint64), ("a_lo", np.uint64), ("a_port", np.uint16),  # canonical endpoint a
         ("b_hi", np.uint64), ("b_lo", np.uint64), ("b_port", np.uint16),  # canonical endpoint b
+        ("pair_check", np.uint64),  # the slot's check word (tracker._endpoint_key)
         ("init_is_a", np.bool_),  # the initiator is endpoint a
         ("midstream", np.bool_),  # the capture started after the handshake
         ("reused", np.bool_),  # started by a SYN on a 4-tuple with an earlier flow

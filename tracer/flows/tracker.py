@@ -2,12 +2,13 @@
 
 Theory of operation, per packet batch (capture order):
 
-1. **Identity.** Each segment's endpoints are put in canonical order (lower (address, port)
-   first) and hashed to 64 bits; an open-addressing table (tracer.flows.slots) maps keys to
-   *slots* of the flow table (new keys take free slots; endpoints are compared, so a hash
-   collision is counted, not merged). A slot holds one flow at a time. The per-flow state is
-   kept as columns (tables.StateTable); a batch gathers the rows of its flows, works on dense
-   arrays, and writes back what a flow can change.
+1. **Identity.** Each endpoint (address, port) is hashed to 64 bits and a segment's key is the
+   sum of its two endpoints' hashes, the same in both directions; an open-addressing table
+   (tracer.flows.slots) maps keys to *slots* of the flow table (new keys take free slots). A
+   slot also keeps a check word (the lower endpoint hash), so two 4-tuples sharing a key are
+   counted as a collision, not merged silently. A slot holds one flow at a time. The
+   per-flow state is kept as columns (tables.StateTable); a batch gathers the columns it uses
+   for its flows (tables.GatheredState), works on dense arrays, and writes back those.
 2. **Port reuse.** A SYN without ACK whose sequence number differs from the sender's reference
    (its last SYN, else its first segment) starts a new flow on the slot, as Wireshark's
    tcp.analysis.reused_ports does; flow ids are numbered in order of first segment, like
@@ -102,18 +103,38 @@ def _hash(*columns: np.ndarray, h: np.ndarray | None = None) -> np.ndarray:
     return h
 
 
-def _endpoint_key(p) -> tuple[np.ndarray, np.ndarray, list, list]:
-    """Per packet: a 64-bit hash of its endpoint pair in canonical order (lower (address,
-    port) first, so both directions agree), whether the source is that first endpoint, and
-    the two endpoints' (hi, lo, port) columns."""
-    src = (p["src_hi"], p["src_lo"], p["sport"])
-    dst = (p["dst_hi"], p["dst_lo"], p["dport"])
-    a_is_src = (src[0] < dst[0]) | (
-        (src[0] == dst[0]) & ((src[1] < dst[1]) | ((src[1] == dst[1]) & (src[2] <= dst[2])))
-    )
-    a = [np.where(a_is_src, s, d) for s, d in zip(src, dst, strict=True)]
-    b = [np.where(a_is_src, d, s) for s, d in zip(src, dst, strict=True)]
-    return _hash(a[0], a[1], a[2], b[0], b[1], b[2]), a_is_src, a, b
+_K_HI, _K_LO, _K_PORT = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F),
+                         np.uint64(0x165667B19E3779F9))
+
+
+def _endpoint_hash(hi: np.ndarray, lo: np.ndarray, port: np.ndarray) -> np.ndarray:
+    """64-bit mix of one endpoint (address halves and port): a multiply-add of the three
+    fields, then the splitmix64 finalizer."""
+    h = hi * _K_HI
+    h += lo * _K_LO
+    h += port.astype(np.uint64) * _K_PORT
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(29)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(32)
+    return h
+
+
+def _pair_key(h_src: np.ndarray, h_dst: np.ndarray) -> np.ndarray:
+    """The flow table's key of an endpoint pair: symmetric, so both directions agree."""
+    return h_src + h_dst
+
+
+def _endpoint_key(p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per packet: the 64-bit key of its endpoint pair (the same both ways), whether the
+    source is the pair's endpoint *a* (the one whose endpoint hash is lower; "a" and "b" only
+    name the two sides in the state, the initiator is decided apart), and a check word
+    (endpoint a's hash) that two pairs sharing a key would have to share too."""
+    h_src = _endpoint_hash(p["src_hi"], p["src_lo"], p["sport"])
+    h_dst = _endpoint_hash(p["dst_hi"], p["dst_lo"], p["dport"])
+    a_is_src = h_src <= h_dst
+    return _pair_key(h_src, h_dst), a_is_src, np.minimum(h_src, h_dst)
 
 
 def endpoint_shard(packets: np.ndarray, shards: int) -> np.ndarray:
@@ -121,6 +142,14 @@ def endpoint_shard(packets: np.ndarray, shards: int) -> np.ndarray:
     4-tuple (both directions, every flow reusing it) lands in the same one."""
     key = _endpoint_key(packets)[0]
     return (key % np.uint64(shards)).astype(np.int64)
+
+
+def _flat(col: np.ndarray) -> np.ndarray:
+    """A per-(slot, endpoint) state column seen as one flat array (a view: writes go to the
+    state; setting the shape raises rather than silently copying a non-contiguous column)."""
+    flat = col.view()
+    flat.shape = (-1,)
+    return flat
 
 
 def _wrap32(delta: np.ndarray) -> np.ndarray:
@@ -285,7 +314,7 @@ class FlowTracker:
     # -- 1. identity -----------------------------------------------------------------------
 
     def _slots(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key, a_is_src, a, b = _endpoint_key(p)
+        key, a_is_src, check = _endpoint_key(p)
         key = usable(key)
         slot = self._table.lookup(key)
         st = self.state
@@ -297,16 +326,20 @@ class FlowTracker:
             fresh = self._allocate(uniq.size)
             st = self.state  # _allocate may have grown it; free slots are blank (see _evict)
             rows = missing[first]
-            st["a_hi"][fresh], st["a_lo"][fresh], st["a_port"][fresh] = a[0][rows], a[1][rows], a[2][rows]
-            st["b_hi"][fresh], st["b_lo"][fresh], st["b_port"][fresh] = b[0][rows], b[1][rows], b[2][rows]
+            src_a = a_is_src[rows]
+            for field, src_name, dst_name in (("hi", "src_hi", "dst_hi"), ("lo", "src_lo", "dst_lo"),
+                                              ("port", "sport", "dport")):
+                src, dst = p.at(src_name, rows), p.at(dst_name, rows)
+                st["a_" + field][fresh] = np.where(src_a, src, dst)
+                st["b_" + field][fresh] = np.where(src_a, dst, src)
+            st["pair_check"][fresh] = check[rows]
             self._table.insert(uniq, fresh)
             self._slot_key[fresh] = uniq
             slot[missing] = fresh[inverse.reshape(-1)]
-        # Two 4-tuples with one 64-bit hash (odds ~ flows**2 / 2**65) would share a slot:
-        # compare the endpoints and count such packets rather than merge them silently.
-        same = ((st["a_hi"][slot] == a[0]) & (st["a_lo"][slot] == a[1])
-                & (st["a_port"][slot] == a[2]) & (st["b_hi"][slot] == b[0])
-                & (st["b_lo"][slot] == b[1]) & (st["b_port"][slot] == b[2]))
+        # Two 4-tuples with one 64-bit key (odds ~ flows**2 / 2**65) would share a slot: their
+        # check words differ (unless both 64-bit endpoint hashes collide too), so such packets
+        # are counted rather than merged silently.
+        same = st["pair_check"][slot] == check
         if not same.all():
             self.counts.hash_collisions += int(np.count_nonzero(~same))
         return slot, a_is_src
@@ -335,7 +368,8 @@ class FlowTracker:
         # reference), no flow yet, or an endpoint without a reference. Elsewhere the packet
         # belongs to its slot's flow and no reference changes.
         flow_of_slot = st["flow_id"][b.slot]
-        involved = syn | (flow_of_slot < 0) | ~st["ref_valid"][b.slot, endpoint]
+        # (slot, endpoint) pairs as flat indices: numpy's 2-D fancy indexing is much slower.
+        involved = syn | (flow_of_slot < 0) | ~_flat(st["ref_valid"])[b.slot * 2 + endpoint]
         flow_id = flow_of_slot
         reused = np.zeros(n, bool)
         if involved.any():
@@ -362,10 +396,9 @@ class FlowTracker:
         seg = sg.Segments(np.cumsum(sg.starts_of(se_sorted)) - 1)
         nseg = seg.nseg
         seg_key = sg.first_of(se_sorted, seg, nseg, 0)
-        seg_slot, seg_end = seg_key // 2, seg_key % 2
         seq = seq_raw[order].astype(np.int64)
-        has_state = st["ref_valid"][seg_slot, seg_end]
-        init_ref = np.where(has_state, st["ref_seq"][seg_slot, seg_end].astype(np.int64),
+        has_state = _flat(st["ref_valid"])[seg_key]
+        init_ref = np.where(has_state, _flat(st["ref_seq"])[seg_key].astype(np.int64),
                             sg.first_of(seq, seg, nseg, 0))
         is_syn = (flags[order] & TH_SYN) != 0
         ref = sg.ffill_before(seq, is_syn, seg, init_ref)
@@ -379,8 +412,8 @@ class FlowTracker:
         # Update the references for the next batch: last SYN's seq, else first packet's.
         last_syn = np.maximum.reduceat(np.where(is_syn, np.arange(n), -1), seg.first_rows)
         new_ref = np.where(last_syn >= 0, seq[np.maximum(last_syn, 0)], init_ref)
-        st["ref_seq"][seg_slot, seg_end] = (new_ref & MASK32).astype(np.uint32)
-        st["ref_valid"][seg_slot, seg_end] = True
+        _flat(st["ref_seq"])[seg_key] = (new_ref & MASK32).astype(np.uint32)
+        _flat(st["ref_valid"])[seg_key] = True
 
         # Flow starts: a slot's first packet when it has no flow yet, and every reusing SYN.
         by_slot = sg.stable_argsort(slot)
@@ -891,7 +924,8 @@ class FlowTracker:
 
     # Columns a flow starting on a slot keeps from it: the endpoints _slots wrote, and the
     # slot's own columns.
-    _KEPT_ON_BLANK = frozenset(("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port")) | _SLOT_COLUMNS
+    _KEPT_ON_BLANK = (frozenset(("a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port", "pair_check"))
+                      | _SLOT_COLUMNS)
 
     def _write_back(self, flow_slot, fin_state: GatheredState, keep, fresh, on_used_slot) -> None:
         """Store the batch's final state of the flows that stay active in their slots: the
