@@ -1211,10 +1211,14 @@ class FlowTracker:
         direction = fd_s & 1
         tsval, tsecr = p_o["tsval"], p_o["tsecr"]
         rows = np.flatnonzero(has_ts)
-        new = Columns({
-            "key": _compound(flow[rows], direction[rows], tsval[rows]),
-            "ts_ns": ts_o[rows], "frame": frame_o[rows], "echoed": np.zeros(rows.size, bool),
-        })
+        new_keys = _compound(flow[rows], direction[rows], tsval[rows])
+        # A sender repeats a TSval for every segment of a burst (the clock ticks in ms): in
+        # flow-direction order only the first of each run is a first sending.
+        run_start = sg.starts_of(new_keys)
+        if not run_start.all():
+            rows, new_keys = rows[run_start], new_keys[run_start]
+        new = Columns({"key": new_keys, "ts_ns": ts_o[rows], "frame": frame_o[rows],
+                       "echoed": np.zeros(rows.size, bool)})
         carried, aside = self._tsvals, None
         if carried.size:
             _, here = _find(uniq_flow, carried["key"] >> np.int64(33))
@@ -1234,6 +1238,9 @@ class FlowTracker:
         er = np.flatnonzero(has_ts & ack_s & (tsecr != 0))
         if er.size and keys.size:
             ekeys = _compound(flow[er], direction[er] ^ 1, tsecr[er])
+            run_start = sg.starts_of(ekeys)  # runs of one echoed value: the first is earliest
+            if not run_start.all():
+                er, ekeys = er[run_start], ekeys[run_start]
             eo = np.argsort(ekeys, kind="stable")  # frame order within a key: first echo first
             ef = np.ones(er.size, bool)
             ef[1:] = ekeys[eo][1:] != ekeys[eo][:-1]
