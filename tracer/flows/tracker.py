@@ -682,15 +682,37 @@ class FlowTracker:
         def at_other(rows_o: np.ndarray, values_o: np.ndarray, start_fd: np.ndarray) -> np.ndarray:
             return np.where(rows_o >= 0, values_o[rows_o], start_fd[other_fd])
 
-        acked_f = live_f & ack_s[at_o]
-        j_sent = last_other(live_f & ~rst_s[at_o])
-        j_ack = last_other(acked_f)
+        def narrowed(j_any: np.ndarray, has: np.ndarray) -> np.ndarray:
+            """`last_other` for rows with property `has` (flow-direction order), from
+            `j_any` = last_other(live_f): where the other direction's last live row has the
+            property (nearly everywhere: the exceptions are SYNs without ACK and RSTs), it is
+            the answer; elsewhere one binary search among that direction's rows with it."""
+            j = j_any.copy()
+            bad = np.flatnonzero((j >= 0) & ~has[np.maximum(j, 0)])
+            if bad.size:
+                has_f = has[at_o]
+                where_f = fo_pos[bad]
+                wanted = 1 - dir_f[where_f]
+                found = np.full(bad.size, -1, np.int64)
+                for d in (0, 1):
+                    sel = np.flatnonzero(wanted == d)
+                    if not sel.size:
+                        continue
+                    candidates = np.flatnonzero(has_f & (dir_f == d))
+                    k = np.searchsorted(candidates, where_f[sel]) - 1
+                    jf = candidates[np.maximum(k, 0)] if candidates.size else np.zeros(sel.size, np.int64)
+                    ok = (k >= 0) & (fseg[jf] == fseg[where_f[sel]]) if candidates.size \
+                        else np.zeros(sel.size, bool)
+                    found[sel] = np.where(ok, at_o[jf], -1)
+                j[bad] = found
+            return j
+
         j_live = last_other(live_f)
+        j_sent = narrowed(j_live, live & ~rst_s)
+        j_ack = narrowed(j_live, live & ack_s)
         sent_through = np.maximum(next_before, np.where(live & ~rst_s, end, NO_SEQ))
         rev_next = at_other(j_sent, sent_through, init_fd("next_seq"))
         rev_last_ack = at_other(j_ack, ack_unw_s, np.where(init_fd("acked_once"), init_fd("ack_last"), NO_SEQ))
-        rev_last_ack_ts = at_other(j_ack, ts_o, init_fd("last_ack_ts"))
-        rev_dupacks = at_other(j_ack, dup_count, init_fd("dupacks"))
         rev_window = at_other(j_live, win_scaled, np.where(init_fd("last_window") >= 0,
                                                            _scale(init_fd("last_window"), shift_fd), -1))
 
@@ -704,16 +726,27 @@ class FlowTracker:
         ack_lost = live & ack_s & (rev_next > NO_SEQ) & (ack_unw_s > rev_next) & ~syn_s
         retrans_like = (live & ((seg_len > 0) | syn_s | fin_s) & has_next & (seq_unw < next_before)
                         & ~keep_alive & ~rst_s)
-        since_raise = ts_o - next_seq_ts
-        ooo_threshold = np.where(initial_rtt[fd_s // 2] > 0, initial_rtt[fd_s // 2],
-                                 DEFAULT_OOO_THRESHOLD_NS)
-        fast = (retrans_like & (rev_dupacks >= 2) & (rev_last_ack == seq_unw)
-                & ((ts_o - rev_last_ack_ts) < FAST_RETRANSMISSION_WINDOW_NS))
-        ooo = (retrans_like & ~fast & (next_seq_ts >= 0) & (since_raise < ooo_threshold)
-               & (next_before != end))
-        spurious = (retrans_like & ~fast & ~ooo & (pay_s > 0) & (rev_last_ack > NO_SEQ)
-                    & (end <= rev_last_ack))
-        plain = retrans_like & ~fast & ~ooo & ~spurious
+        # The retransmission family is told apart on its (few) rows only.
+        fast, ooo, spurious, plain = (np.zeros(n, bool) for _ in range(4))
+        rr = np.flatnonzero(retrans_like)
+        if rr.size:
+            j_rr = j_ack[rr]
+            known = j_rr >= 0
+            other_rr = other_fd[rr]
+            rev_dupacks = np.where(known, dup_count[np.maximum(j_rr, 0)],
+                                   init_fd("dupacks")[other_rr])
+            rev_last_ack_ts = np.where(known, ts_o[np.maximum(j_rr, 0)],
+                                       init_fd("last_ack_ts")[other_rr])
+            last_ack_rr, seq_rr, end_rr, ts_rr = rev_last_ack[rr], seq_unw[rr], end[rr], ts_o[rr]
+            initial = initial_rtt[fd_s[rr] // 2]
+            ooo_threshold = np.where(initial > 0, initial, DEFAULT_OOO_THRESHOLD_NS)
+            raised_ts = next_seq_ts[rr]
+            f = ((rev_dupacks >= 2) & (last_ack_rr == seq_rr)
+                 & ((ts_rr - rev_last_ack_ts) < FAST_RETRANSMISSION_WINDOW_NS))
+            oo = (~f & (raised_ts >= 0) & (ts_rr - raised_ts < ooo_threshold)
+                  & (next_before[rr] != end_rr))
+            sp = ~f & ~oo & (pay_s[rr] > 0) & (last_ack_rr > NO_SEQ) & (end_rr <= last_ack_rr)
+            fast[rr], ooo[rr], spurious[rr], plain[rr] = f, oo, sp, ~f & ~oo & ~sp
         for mask, bit in ((zero_window, v.A_ZERO_WINDOW), (lost, v.A_LOST_SEGMENT),
                           (keep_alive, v.A_KEEP_ALIVE), (window_full, v.A_WINDOW_FULL),
                           (ack_lost, v.A_ACK_LOST_SEGMENT), (dupack, v.A_DUPLICATE_ACK),
