@@ -943,8 +943,9 @@ class FlowTracker:
         # Data still waiting for its ACK: drop what the receiver has acknowledged by now.
         pending = self._pending
         if pending.size:
-            at, hit = _find(uniq_flow, pending["flow_id"])
-            receiver = 1 - pending["direction"].astype(np.int64)
+            flow_of_key, direction_of_key = _range_key_parts(pending["key"])
+            at, hit = _find(uniq_flow, flow_of_key)
+            receiver = 1 - direction_of_key
             acked_to = np.where(hit, fin_state["max_ack"][at, receiver], NO_SEQ)
             self._pending = pending[~hit | (pending["end"] > acked_to)]
 
@@ -1167,7 +1168,6 @@ class FlowTracker:
         di = np.flatnonzero(live & (payload > 0) & ~rst_s)
         new = Columns({
             "key": _range_key(flow_of[di], direction[di], end[di]),
-            "flow_id": flow_of[di], "direction": direction[di].astype(np.uint8),
             "end": end[di], "ts_ns": ts_o[di], "frame": frame_o[di],
             "retransmitted": retrans_like[di],
         })
@@ -1316,13 +1316,13 @@ class FlowTracker:
         uniq_index = np.searchsorted(uniq_flow, b.flow_id[prow])
         side = b.direction[prow]
         r = np.zeros(n_r, RST_DTYPE)
-        r["frame"] = p["frame"][prow]
-        r["ts_ns"] = p["ts_ns"][prow]
+        r["frame"] = p.at("frame", prow)
+        r["ts_ns"] = p.at("ts_ns", prow)
         r["flow_id"] = b.flow_id[prow]
         for name in ("src_hi", "src_lo", "sport", "dst_hi", "dst_lo", "dport", "ttl", "payload_len"):
-            r[name] = p[name][prow]
+            r[name] = p.at(name, prow)
         r["sender_side"] = side
-        r["with_ack"] = (p["flags"][prow] & TH_ACK) != 0
+        r["with_ack"] = (p.at("flags", prow) & TH_ACK) != 0
         established = ((hs["hs_ack_ts"][uniq_index] >= 0)
                        | init["midstream"][uniq_index]
                        | ((at_rst("last_data_frame", True) > 0) & (at_rst("last_data_frame", False) > 0)))
@@ -1341,13 +1341,13 @@ class FlowTracker:
         r["seq_offset"] = offset
         ttl_prev = at_rst("ttl", True)
         r["ttl_known"] = ttl_prev >= 0
-        r["ttl_delta"] = np.where(ttl_prev >= 0, p["ttl"][prow].astype(np.int64) - ttl_prev, 0)
+        r["ttl_delta"] = np.where(ttl_prev >= 0, p.at("ttl", prow).astype(np.int64) - ttl_prev, 0)
         ipid_prev = at_rst("ipid", True)
-        ipid_now = np.where(p["ip_version"][prow] == 4, p["ip_id"][prow].astype(np.int64), -1)
+        ipid_now = np.where(p.at("ip_version", prow) == 4, p.at("ip_id", prow).astype(np.int64), -1)
         ipid_ok = (ipid_prev >= 0) & (ipid_now >= 0)
         r["ip_id_known"] = ipid_ok
         r["ip_id_delta"] = np.where(ipid_ok, ((ipid_now - ipid_prev + 32768) & 0xFFFF) - 32768, 0)
-        t = p["ts_ns"][prow]
+        t = p.at("ts_ns", prow)
         own_last = at_rst("last_ts", True)
         rev_last = at_rst("last_ts", False)
         r["idle_sender_ns"] = np.where(own_last >= 0, t - own_last, -1)
@@ -1366,11 +1366,11 @@ class FlowTracker:
         r["outstanding"][:, 1] = out1
         # Phase.
         fin_before = (at_rst("fin_seen", True) > 0) | (at_rst("fin_seen", False) > 0)
-        first_packet = (p["frame"][prow] == b.flow_first[1][uniq_index]) & (
+        first_packet = (p.at("frame", prow) == b.flow_first[1][uniq_index]) & (
             init["first_ts"][uniq_index] < 0)
         syn_seen = hs["syn_ts"][uniq_index] >= 0
         synack_seen_before = (hs["synack_frame"][uniq_index] > 0) & (
-            hs["synack_frame"][uniq_index] < p["frame"][prow]) | (init["synack_ts"][uniq_index] >= 0)
+            hs["synack_frame"][uniq_index] < p.at("frame", prow)) | (init["synack_ts"][uniq_index] >= 0)
         init_data = np.where(side == 0, at_rst("last_data_frame", True), at_rst("last_data_frame", False))
         resp_data = np.where(side == 1, at_rst("last_data_frame", True), at_rst("last_data_frame", False))
         phase = np.full(n_r, v.PHASE_ESTABLISHED_IDLE, np.int64)
@@ -1459,7 +1459,8 @@ class FlowTracker:
         if self._rst_watch.size:
             self._rst_watch = self._rst_watch[np.isin(self._rst_watch["flow_id"], alive_ids)]
         if self._pending.size:
-            self._pending = self._pending[np.isin(self._pending["flow_id"], alive_ids)]
+            self._pending = self._pending[np.isin(_range_key_parts(self._pending["key"])[0],
+                                                  alive_ids)]
         if self._holes.size:
             open_ = np.isin(self._holes["flow_id"], alive_ids)
             self.counts.gaps_unsettled += int((~open_).sum())
@@ -1509,8 +1510,8 @@ class FlowTracker:
 
 _HOLE_DTYPE = np.dtype([("flow_id", np.int64), ("direction", np.uint8), ("start", np.int64),
                         ("end", np.int64), ("frame", np.int64)])
-_PENDING_DTYPE = np.dtype([("key", np.int64),
-                           ("flow_id", np.int64), ("direction", np.uint8), ("end", np.int64),
+_PENDING_DTYPE = np.dtype([("key", np.int64),  # _range_key(flow, direction, end)
+                           ("end", np.int64),
                            ("ts_ns", np.int64), ("frame", np.int64), ("retransmitted", np.bool_)])
 _TSVAL_DTYPE = np.dtype([("key", np.int64),  # _compound(flow, direction, TSval)
                          ("ts_ns", np.int64), ("frame", np.int64), ("echoed", np.bool_)])
@@ -1678,6 +1679,11 @@ def _range_key(flow: np.ndarray, direction: np.ndarray, seq: np.ndarray) -> np.n
     """Sortable key for (flow, direction, unwrapped sequence); sequences clipped to +-2**39."""
     bounded = np.clip(seq, -(2**39), 2**39 - 1) + 2**39
     return (((flow.astype(np.int64) << 1) | direction.astype(np.int64)) << 40) | bounded
+
+
+def _range_key_parts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flow, direction) of _range_key values."""
+    return key >> np.int64(41), (key >> np.int64(40)) & 1
 
 
 def _seg_key(seg: np.ndarray, value: np.ndarray) -> np.ndarray:
