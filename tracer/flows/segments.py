@@ -146,6 +146,17 @@ def ffill_before(values: np.ndarray, valid: np.ndarray, seg,
     return out
 
 
+def previous_in(values: np.ndarray, seg, init: np.ndarray) -> np.ndarray:
+    """The previous row's value within the same segment, else `init[seg]` (ffill_before with
+    every row valid, without the scan)."""
+    s = _segments(seg)
+    out = np.empty(values.shape, np.result_type(values.dtype, init.dtype))
+    if values.size:
+        out[1:] = values[:-1]
+        out[s.first_rows] = init[s.first_seg]
+    return out
+
+
 def cumsum_in(values: np.ndarray, seg, init: np.ndarray) -> np.ndarray:
     """Inclusive cumulative sum within segments, starting from `init[seg]`."""
     s = _segments(seg)

@@ -520,7 +520,7 @@ class FlowTracker:
         rel = (seq_o - base[fd_s]) & MASK32
         prev_rel = np.where(init_fd("base_valid") & (init_fd("packets") > 0),
                             init_fd("seq_last_rel").astype(np.int64), 0)
-        prev_rel_row = sg.ffill_before(rel, np.ones(n, bool), S, prev_rel)
+        prev_rel_row = sg.previous_in(rel, S, prev_rel)
         start_unw = np.where(init_fd("packets") > 0, init_fd("seq_last"), 0)
         seq_unw = sg.cumsum_in(_wrap32(rel - prev_rel_row), S, start_unw)
         flags_o = flags[o]
@@ -538,7 +538,7 @@ class FlowTracker:
             arel = (ack_o[ar] - base[aseg ^ 1]) & MASK32
             had = init_fd("acked_once")
             prev_arel = np.where(had, init_fd("ack_last_rel").astype(np.int64), 0)
-            prev_arel_row = sg.ffill_before(arel, np.ones(ar.size, bool), AS, prev_arel)
+            prev_arel_row = sg.previous_in(arel, AS, prev_arel)
             ack_unw_s[ar] = sg.cumsum_in(_wrap32(arel - prev_arel_row), AS,
                                          np.where(had, init_fd("ack_last"), 0))
 
