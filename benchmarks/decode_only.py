@@ -36,7 +36,7 @@ def _memory_kb() -> dict[str, int]:
 
 def decode_file(path: str, *, flows: bool = False, jobs: int = 1) -> dict[str, float | int | None]:
     from tracer.decode import decode_frames
-    from tracer.flows import FlowTracker
+    from tracer.flows import FlowTracker, prepare_packets
     from tracer.parallel import ShardedFlowTracker
     from tracer.pipeline import coalesced, consume, run
     from tracer.source import open_capture
@@ -66,14 +66,21 @@ def decode_file(path: str, *, flows: bool = False, jobs: int = 1) -> dict[str, f
                 count(packets, counts)
                 del packets
         else:
-            # As the pipeline runs decode + flows: read, decode and join small batches in the
-            # reader thread, the flow stage on the event loop.
+            # As the pipeline runs decode + flows: read, decode, join small batches and (for
+            # one in-process tracker) prepare them in the reader thread, the flow stage on the
+            # event loop.
+            prepare = prepare_packets if jobs == 1 else None
+
+            def items():
+                for packets, counts in coalesced(decode_frames(b) for b in reader.batches()):
+                    yield packets, counts, prepare(packets) if prepare else packets
+
             def handle(item) -> None:
-                packets, counts = item
-                tracker.add(packets)
+                packets, counts, ready = item
+                tracker.add(ready)
                 count(packets, counts)
 
-            run(consume(lambda: coalesced(decode_frames(b) for b in reader.batches()), handle))
+            run(consume(items, handle))
             tracker.finish()
     seconds = time.perf_counter() - started
     memory = _memory_kb()

@@ -21,7 +21,7 @@ from tracer.attribution import summary as attribution_summary
 from tracer.attribution.config import Config
 from tracer.attribution.prefixes import StreamPrefixes
 from tracer.decode.vocab import linktype_name
-from tracer.flows import FlowTracker
+from tracer.flows import FlowTracker, PreparedPackets
 from tracer.flows import vocab as fv
 from tracer.flows.tables import RTT_KIND_NAMES, segments_with_packets
 from tracer.packet import TCP_FLAG_NAMES, DecodeCounts
@@ -107,13 +107,15 @@ class CaptureAnalysis:
             self.prefixes = StreamPrefixes(probe=self.options.probes_payload())
 
     def add(self, packets: np.ndarray, counts: DecodeCounts,
-            payload: np.ndarray | None = None) -> None:
+            payload: np.ndarray | None = None, *, prepared: PreparedPackets | None = None
+            ) -> None:
         """`payload`: decode's payload prefixes of this batch (tracer.decode.payload), when
-        options.wants_payload()."""
+        options.wants_payload(); `prepared`: the same packets as prepare_packets made them (in
+        a reader thread), for a single in-process flow tracker."""
         self.counts.merge(counts)
         if packets.shape[0] == 0:
             return
-        self.flows.add(packets)
+        self.flows.add(prepared if prepared is not None else packets)
         if self.options.enabled:
             seg, pk = segments_with_packets(packets, self.flows.take_segments())
             self.timeline.add(seg, pk)
@@ -126,11 +128,12 @@ class CaptureAnalysis:
                     join_query_times(self.flows.flows, self.flows, self.timeline),
                     self.flows.latest_ts - PRUNE_MARGIN_NS)
                 self._turn_limit = max(self.turn_prune_rows, 2 * kept)
-        versions, n = np.unique(packets["ip_version"], return_counts=True)
-        for version, count in zip(versions.tolist(), n.tolist(), strict=True):
-            self.ip_versions[version] = self.ip_versions.get(version, 0) + count
-        self.payload_bytes += int(packets["payload_len"].sum(dtype=np.int64))
-        ts = packets["ts_ns"]
+        by_version = np.bincount(packets["ip_version"])
+        for version in np.flatnonzero(by_version).tolist():
+            self.ip_versions[version] = self.ip_versions.get(version, 0) + int(by_version[version])
+        fields = prepared if prepared is not None else packets  # dense copies when prepared
+        self.payload_bytes += int(fields["payload_len"].sum(dtype=np.int64))
+        ts = fields["ts_ns"]
         lo, hi = int(ts.min()), int(ts.max())
         self.first_ts_ns = lo if self.first_ts_ns is None else min(self.first_ts_ns, lo)
         self.last_ts_ns = hi if self.last_ts_ns is None else max(self.last_ts_ns, hi)

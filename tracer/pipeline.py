@@ -27,11 +27,11 @@ from tracer.analysis import AttributionOptions, CaptureAnalysis
 from tracer.decode import decode_frames, decode_frames_with_payload, flag_counts
 from tracer.decode.payload import PayloadRequest
 from tracer.filter import Mask
-from tracer.flows import FlowTracker
+from tracer.flows import FlowTracker, prepare_packets
 from tracer.packet import DecodeCounts
 from tracer.source import open_capture
 
-QUEUE_BATCHES = 4
+QUEUE_BATCHES = 2  # decoded batches the reader may hold ready (it overlaps the flow stage)
 Progress = Callable[[int, int | None, int], None]  # bytes read, bytes total, frames so far
 
 _DONE = object()
@@ -175,24 +175,31 @@ async def _analyze_native(paths, labels, options, tracker, packet_filter, filter
     facts = {"format": [], "compressed": False, "linktypes": [], "leftover": 0,
              "anomalies": {}, "problem": None}
     frames_before = 0
+    # A single in-process tracker takes batches prepared in the reader thread.
+    prepare = prepare_packets if isinstance(tracker, FlowTracker) else None
     for one in paths:
         with open_capture(one) as reader:
             reader.parser.frames_emitted = frames_before
 
             def decoded(reader=reader) -> Iterator[tuple]:
-                # Decoding in the reader's thread overlaps it with the flow stage of the
-                # previous batch (numpy releases the GIL in both).
+                # Decoding, the filter and the flow stage's packet-only work run in the
+                # reader's thread, overlapped with the flow stage of the previous batch (numpy
+                # releases the GIL in both).
                 prefixes = analysis.prefixes
                 if prefixes is None:
-                    return coalesced(decode_frames(frames) for frames in reader.batches())
-                request = PayloadRequest(prefixes.k)
-                # payload only while the prefix store wants it (it may stop after probing)
-                return coalesced(decode_frames_with_payload(frames, request) if prefixes.active
-                                 else decode_frames(frames) for frames in reader.batches())
+                    batches = coalesced(decode_frames(frames) for frames in reader.batches())
+                else:
+                    request = PayloadRequest(prefixes.k)
+                    # payload only while the prefix store wants it (it may stop after probing)
+                    batches = coalesced(decode_frames_with_payload(frames, request)
+                                        if prefixes.active else decode_frames(frames)
+                                        for frames in reader.batches())
+                return (_ready(item, packet_filter, prepare) for item in batches)
 
             def handle(item, reader=reader) -> None:
-                packets, counts, *payload = item
-                _add(analysis, packets, counts, packet_filter, *payload)
+                packets, counts, dropped, prepared, payload = item
+                analysis.filtered_out += dropped
+                analysis.add(packets, counts, payload, prepared=prepared)
                 if progress is not None:
                     progress(reader.bytes_read, reader.bytes_total, analysis.counts.frames)
 
@@ -249,12 +256,30 @@ async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
             os.unlink(spooled)
 
 
+def _filtered(packets: np.ndarray, counts: DecodeCounts,
+              packet_filter: Mask | None) -> tuple[np.ndarray, int]:
+    """The packets the filter keeps, and how many it dropped."""
+    if packet_filter is None or packets.shape[0] == 0:
+        return packets, 0
+    keep = packet_filter(packets)
+    dropped = int(packets.shape[0] - np.count_nonzero(keep))
+    packets = packets[keep]
+    # Per-segment facts describe what the filter kept; frame-level counts stay whole.
+    counts.flag_counts = flag_counts(packets["flags"])
+    return packets, dropped
+
+
+def _ready(item: tuple, packet_filter: Mask | None, prepare) -> tuple:
+    """A decoded batch made ready in the reader thread (all pure): filtered, and with the flow
+    stage's packet-only work done when `prepare` is given."""
+    packets, counts, *payload = item
+    packets, dropped = _filtered(packets, counts, packet_filter)
+    prepared = prepare(packets) if prepare is not None else None
+    return packets, counts, dropped, prepared, payload[0] if payload else None
+
+
 def _add(analysis: CaptureAnalysis, packets: np.ndarray, counts: DecodeCounts,
          packet_filter: Mask | None, payload: np.ndarray | None = None) -> None:
-    if packet_filter is not None and packets.shape[0]:
-        keep = packet_filter(packets)
-        analysis.filtered_out += int(packets.shape[0] - np.count_nonzero(keep))
-        packets = packets[keep]
-        # Per-segment facts describe what the filter kept; frame-level counts stay whole.
-        counts.flag_counts = flag_counts(packets["flags"])
+    packets, dropped = _filtered(packets, counts, packet_filter)
+    analysis.filtered_out += dropped
     analysis.add(packets, counts, payload)

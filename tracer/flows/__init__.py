@@ -4,6 +4,6 @@ See tracer/flows/tracker.py for the theory of operation, tables.py for the layou
 emits and vocab.py for the closed vocabulary of labels.
 """
 
-from tracer.flows.tracker import FlowCounts, FlowTracker
+from tracer.flows.tracker import FlowCounts, FlowTracker, PreparedPackets, prepare_packets
 
-__all__ = ["FlowCounts", "FlowTracker"]
+__all__ = ["FlowCounts", "FlowTracker", "PreparedPackets", "prepare_packets"]

@@ -222,10 +222,11 @@ class FlowTracker:
 
     # -- public ----------------------------------------------------------------------------
 
-    def add(self, packets: np.ndarray) -> None:
-        if packets.shape[0] == 0:
+    def add(self, packets: np.ndarray | PreparedPackets) -> None:
+        """One batch of packets (capture order), as decoded or as `prepare_packets` made it."""
+        columns = packets if isinstance(packets, PreparedPackets) else prepare_packets(packets)
+        if columns.shape[0] == 0:
             return
-        columns = _Columns(packets)
         ts = columns["ts_ns"]
         # Flows that have been quiet past their timeout when this batch begins are finished
         # first, so a packet after such a quiet spell opens a new flow however the capture is
@@ -313,8 +314,8 @@ class FlowTracker:
 
     # -- 1. identity -----------------------------------------------------------------------
 
-    def _slots(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key, a_is_src, check = _endpoint_key(p)
+    def _slots(self, p: PreparedPackets) -> tuple[np.ndarray, np.ndarray]:
+        key, a_is_src, check = p.endpoints
         key = usable(key)
         slot = self._table.lookup(key)
         st = self.state
@@ -1547,6 +1548,34 @@ class _Columns:
         """One field at some rows, without copying the whole field when it is not cached."""
         col = self.cache.get(name)
         return col[rows] if col is not None else self.packets[name][rows]
+
+
+# Fields the flow stage reads for (nearly) every packet: copied dense once per batch.
+_DENSE_FIELDS = ("frame", "ts_ns", "flags", "seq", "ack", "window", "payload_len",
+                 "opt_present", "tsval", "tsecr", "src_hi", "src_lo", "sport", "dst_hi",
+                 "dst_lo", "dport")
+
+
+class PreparedPackets(_Columns):
+    """A packet batch with the flow stage's per-packet work that needs no flow state done:
+    dense copies of the fields it reads, and the endpoint keys (see `prepare_packets`)."""
+
+    __slots__ = ("endpoints",)
+
+    def __init__(self, packets: np.ndarray) -> None:
+        super().__init__(packets)
+        self.endpoints: tuple[np.ndarray, np.ndarray, np.ndarray] = ()
+
+
+def prepare_packets(packets: np.ndarray) -> PreparedPackets:
+    """Pure and thread-safe: the part of FlowTracker.add that depends on the packets alone, so
+    a reader thread can do it for the next batch while the flow stage works on this one."""
+    prepared = PreparedPackets(packets)
+    if packets.shape[0]:
+        for name in _DENSE_FIELDS:
+            prepared[name]
+        prepared.endpoints = _endpoint_key(prepared)
+    return prepared
 
 
 class _Batch:
