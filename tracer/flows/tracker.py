@@ -278,8 +278,10 @@ class FlowTracker:
         # Sample number seen+i+1 replaces a random held one with probability cap/(seen+i+1).
         index = seen + 1 + np.arange(rows.shape[0])
         slots = (self._rtt_rng.random(rows.shape[0]) * index).astype(np.int64)
-        take = slots < self.max_rtt_samples
-        pool[slots[take]] = rows[take]
+        take = np.flatnonzero(slots < self.max_rtt_samples)
+        # Whole rows as opaque items: numpy moves structured rows field by field otherwise.
+        item = np.dtype((np.void, RTT_DTYPE.itemsize))
+        pool.view(item)[slots[take]] = np.ascontiguousarray(rows).view(item)[take]
         self._rtts = [pool]
 
     @property
