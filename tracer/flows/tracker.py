@@ -1233,11 +1233,11 @@ class FlowTracker:
         """TSval -> the first segment of the other direction echoing it in TSecr.
 
         `self._tsvals` holds, per (flow, direction), the first sending of each TSval not yet
-        superseded by a later echo, sorted by (flow, direction, TSval). Rows come in
-        flow-direction order, where TSvals and TSecrs mostly rise, so the sorts below are
-        near-linear merges of runs. Only the entries of this batch's flows take part: the
-        table follows every active flow (closed ones linger for `closed_timeout_s`), so the
-        others are set aside and merged back, not sorted again.
+        superseded by a later echo: runs sorted by (flow, direction, TSval), one key at most
+        once. Only the entries of this batch's flows take part: the table follows every
+        active flow (closed ones linger for `closed_timeout_s`), so the others are set aside
+        untouched. Rows come in flow-direction order, where TSvals and TSecrs mostly rise, so
+        the sorts below are near-linear merges of runs.
         """
         opt = p_o["opt_present"]
         has_ts = live & ((opt & OPT_TIMESTAMP) != 0)
@@ -1257,7 +1257,7 @@ class FlowTracker:
                        "echoed": np.zeros(rows.size, bool)})
         carried, aside = self._tsvals, None
         if carried.size:
-            _, here = _find(uniq_flow, carried["key"] >> np.int64(33))
+            here = _present(uniq_flow, carried["key"] >> np.int64(33))
             if not here.all():
                 aside, carried = carried[~here], carried[here]
         t = carried.concatenate(new) if carried.size else new
@@ -1304,7 +1304,7 @@ class FlowTracker:
             if not keep.all():
                 t = t[keep]
         if aside is not None:
-            t = _merge_by_key(aside, t)  # disjoint flows, both sorted
+            t = aside.concatenate(t)  # disjoint flows: one more sorted run
         if t.size > 4 * max(int(self.in_use.sum()), 1024):
             # Entries of finished flows: dropped now and then, not on every batch.
             alive = np.concatenate((self.state["flow_id"][self.in_use], uniq_flow))
@@ -1728,23 +1728,16 @@ def _compound(flow: np.ndarray, direction: np.ndarray, value: np.ndarray) -> np.
     return (flow.astype(np.int64) << 33) | (direction.astype(np.int64) << 32) | value.astype(np.int64)
 
 
-def _merge_by_key(first: Columns, second: Columns) -> Columns:
-    """Two tables sorted by "key" as one sorted table (rows of `first` before equal keys of
-    `second`): a binary search per row of `second`, then one scatter per column."""
-    if first.size == 0 or second.size == 0:
-        return second if first.size == 0 else first
-    total = first.size + second.size
-    at_second = np.searchsorted(first["key"], second["key"], "right") + np.arange(second.size)
-    from_second = np.zeros(total, bool)
-    from_second[at_second] = True
-    at_first = np.flatnonzero(~from_second)
-    cols = {}
-    for name, col in first.cols.items():
-        out = np.empty((total, *col.shape[1:]), col.dtype)
-        out[at_first] = col
-        out[at_second] = second.cols[name]
-        cols[name] = out
-    return Columns(cols)
+def _present(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Whether each of `ids` is among `sorted_ids` (distinct, sorted): a mark table over the
+    ids' range when it is small (flow ids are numbered densely), else binary searches."""
+    lo = int(min(sorted_ids[0], ids.min()))
+    span = int(max(sorted_ids[-1], ids.max())) - lo + 1
+    if span > 4 * (ids.size + sorted_ids.size):
+        return _find(sorted_ids, ids)[1]
+    mark = np.zeros(span, bool)
+    mark[sorted_ids - lo] = True
+    return mark[ids - lo]
 
 
 def _after_last_echo(echoed: np.ndarray, frame: np.ndarray, keys: np.ndarray) -> np.ndarray:
