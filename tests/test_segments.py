@@ -21,7 +21,8 @@ def layouts(draw):
     sizes = draw(st.lists(st.integers(0, 6), min_size=nseg, max_size=nseg))
     seg = np.repeat(np.arange(nseg), sizes).astype(np.int64)
     n = seg.size
-    pool = st.one_of(st.integers(-50, 50), st.just(NO), st.integers(-(2**40), 2**40))
+    edges = st.sampled_from([-(2**40) - 1, -(2**40), 2**40 - 2, 2**40 - 1])  # scan bounds
+    pool = st.one_of(st.integers(-50, 50), st.just(NO), st.integers(-(2**40), 2**40), edges)
     values = np.array(draw(st.lists(pool, min_size=n, max_size=n)), np.int64)
     valid = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
     init = np.array(draw(st.lists(pool, min_size=nseg, max_size=nseg)), np.int64)

@@ -23,13 +23,17 @@ from __future__ import annotations
 import numpy as np
 
 _LIMIT = np.int64(2**62)
+# Bounded scans: values in [-_BOUND, _BOUND - 1) (unwrapped sequence numbers: a TB each way;
+# lower ones, such as NO_SEQ, are "none yet"), segments fewer than 2**21.
+_SPAN_BITS = 41
+_BOUND = 2**40
 
 
 class Segments:
     """A sorted segment-number array with its boundaries computed once."""
 
     __slots__ = ("seg", "n", "nseg", "starts", "first_rows", "last_rows", "start_row",
-                 "first_seg", "last_seg", "rows", "_seg64")
+                 "first_seg", "last_seg", "rows", "_seg64", "_lift")
 
     def __init__(self, seg: np.ndarray, nseg: int | None = None) -> None:
         self.seg = seg
@@ -48,12 +52,20 @@ class Segments:
         self.start_row = np.maximum.accumulate(np.where(self.starts, self.rows, 0)) if n \
             else np.zeros(0, np.int64)
         self._seg64 = None
+        self._lift = None
 
     @property
     def seg64(self) -> np.ndarray:
         if self._seg64 is None:
             self._seg64 = self.seg.astype(np.int64)
         return self._seg64
+
+    @property
+    def lift(self) -> np.ndarray:
+        """Each row's segment number times _SPAN, shared by every bounded scan of a batch."""
+        if self._lift is None:
+            self._lift = self.seg64 << _SPAN_BITS
+        return self._lift
 
 
 def _segments(seg) -> Segments:
@@ -74,6 +86,30 @@ def running_max(values: np.ndarray, seg) -> np.ndarray:
         return values.astype(np.int64)
     s = _segments(seg)
     values = values.astype(np.int64, copy=False)
+    hi = int(values.max())
+    if hi < _BOUND - 1 and s.nseg < 2**21:
+        # The usual case: one lift shared by the batch's scans, sentinels (below -_BOUND)
+        # raised to just under the real values for the scan and put back after.
+        floor = -_BOUND - 1
+        raised = np.maximum(values, floor)
+        raised += s.lift
+        out = np.maximum.accumulate(raised)
+        out -= s.lift
+        low = np.flatnonzero(out == floor)
+        if low.size:
+            # Rows with nothing above the bound yet in their segment (a prefix of it): their
+            # own running max, usually of one sentinel value.
+            below = values[low]
+            if int(below.min()) == int(below.max()):
+                out[low] = below[0]
+            else:
+                out[low] = _running_max_wide(below, Segments(s.seg[low]))
+        return out
+    return _running_max_wide(values, s)
+
+
+def _running_max_wide(values: np.ndarray, s: Segments) -> np.ndarray:
+    """running_max for any int64 values."""
     lo, hi = int(values.min()), int(values.max())
     if (hi - lo + 1) * s.nseg < int(_LIMIT):
         return _lifted_max(values, s, lo, hi - lo + 1)
