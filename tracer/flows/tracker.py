@@ -846,30 +846,32 @@ class FlowTracker:
         if ar.size:
             acked = np.zeros(nseg, bool)
             acked[aseg] = True
-            arel_all = (ack_o[ar] - base[aseg ^ 1]) & MASK32
             _set_fd(fin_state, "ack_last_rel", acked,
-                    (sg.last_of(arel_all, AS, nseg, 0) & MASK32).astype(np.uint32))
+                    (sg.last_of(arel, AS, nseg, 0) & MASK32).astype(np.uint32))
             _set_fd(fin_state, "ack_last", acked, sg.last_of(ack_unw_s[ar], AS, nseg, 0))
             _set_fd(fin_state, "last_ack_raw", acked,
                     sg.last_of(ack_o[ar], AS, nseg, 0).astype(np.uint32))
             _set_fd(fin_state, "acked_once", acked, np.ones(nseg, bool))
-            maxack = sg.reduce_by(np.maximum, np.where(live[ar], ack_unw_s[ar], NO_SEQ), AS,
-                                  nseg, NO_SEQ)
-            fin_state["max_ack"] = np.maximum(fin_state["max_ack"], maxack.reshape(nf, 2))
             lat = sg.reduce_by(np.maximum, ts_o[ar], AS, nseg, NO_TIME)
             fin_state["last_ack_ts"] = np.maximum(fin_state["last_ack_ts"], lat.reshape(nf, 2))
-        nxt = sg.reduce_by(np.maximum, ends_live, S, nseg, NO_SEQ)
-        fin_state["next_seq"] = np.maximum(fin_state["next_seq"], nxt.reshape(nf, 2))
+        # Running maxima carried from the state: their inclusive value at each segment's last row.
+        lr, ls = S.last_rows, S.last_seg
+        at_last = np.zeros(nseg, bool)
+        at_last[ls] = True
+        last_values = np.zeros(nseg, np.int64)
+        last_values[ls] = np.maximum(own_max_ack[lr], np.where(live[lr] & ack_s[lr],
+                                                               ack_unw_s[lr], NO_SEQ))
+        _set_fd(fin_state, "max_ack", at_last, last_values)
+        last_values[ls] = np.maximum(next_before[lr], ends_live[lr])
+        _set_fd(fin_state, "next_seq", at_last, last_values)
+        last_values[ls] = np.where(advanced[lr], ts_o[lr], next_seq_ts[lr])
+        _set_fd(fin_state, "next_seq_ts", at_last, last_values)
         mins = sg.reduce_by(np.minimum, np.where(live & ~rst_s, seq_unw, 2**62), S, nseg, 2**62)
         fin_state["min_seq"] = np.minimum(fin_state["min_seq"], mins.reshape(nf, 2))
         _set_fd(fin_state, "last_window", present, sg.last_of(win_s, S, nseg, 0))
         fin_state["wscale"] = wscale_fd.reshape(nf, 2).astype(np.int8)
         last_dup = sg.last_of(dup_count, S, nseg, 0)
         _set_fd(fin_state, "dupacks", present, last_dup)
-        raised = np.zeros(nseg, bool)
-        raised[seg[advanced]] = True
-        last_raise = sg.reduce_by(np.maximum, np.where(advanced, np.arange(n), -1), S, nseg, -1)
-        _set_fd(fin_state, "next_seq_ts", raised, ts_o[np.maximum(last_raise, 0)])
         firsts_ts = sg.first_of(ts_o, S, nseg, NO_TIME)
         dft = fin_state["dir_first_ts"].reshape(-1)
         dft[present & (dft < 0)] = firsts_ts[present & (dft < 0)]
