@@ -32,8 +32,48 @@ def make_document(captures: list[dict]) -> dict:
     return {"schema_version": SCHEMA_VERSION, "tracer_version": __version__, "captures": captures}
 
 
+# A list of at least this many objects (per-RST details, per-flow rows) is written one object
+# per line: json's C encoder does those, the indenting pure-Python one would take seconds on a
+# large capture, and a line per row reads well in a pager and greps.
+ROWS_PER_LINE_FROM = 8
+
+
 def render_json(document: dict) -> str:
-    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+    """The document as indented JSON, long lists of objects one object per line."""
+    parts: list[str] = []
+    _json_into(document, 0, parts)
+    parts.append("\n")
+    return "".join(parts)
+
+
+def _json_key(key) -> str:
+    """An object key as json.dumps writes it (non-string keys become strings)."""
+    if not isinstance(key, str):
+        key = json.dumps(key)  # true, false, null, numbers as JSON spells them
+    return json.dumps(key)
+
+
+def _json_into(value, level: int, out: list[str]) -> None:
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(value, dict) and value:
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            out.append(("\n" if i == 0 else ",\n") + inner + _json_key(key) + ": ")
+            _json_into(item, level + 1, out)
+        out.append("\n" + pad + "}")
+    elif isinstance(value, list | tuple) and value:
+        rows = (len(value) >= ROWS_PER_LINE_FROM
+                and all(isinstance(item, dict) for item in value))
+        out.append("[")
+        for i, item in enumerate(value):
+            out.append(("\n" if i == 0 else ",\n") + inner)
+            if rows:
+                out.append(json.dumps(item, separators=(", ", ": ")))
+            else:
+                _json_into(item, level + 1, out)
+        out.append("\n" + pad + "]")
+    else:
+        out.append(json.dumps(value))
 
 
 def _style(text: str, code: str, colour: bool) -> str:
