@@ -265,12 +265,13 @@ class GatheredState(Columns):
 
     __slots__ = ("source", "rows", "blank_rows", "kept")
 
-    def __init__(self, source: StateTable, rows: np.ndarray, blank_rows: np.ndarray,
-                 kept: frozenset[str]) -> None:
+    def __init__(self, source: StateTable, rows: np.ndarray,
+                 blank_rows: np.ndarray | None = None, kept: frozenset[str] = frozenset()
+                 ) -> None:
         super().__init__({})
         self.source = source
         self.rows = rows
-        self.blank_rows = blank_rows
+        self.blank_rows = np.zeros(0, np.int64) if blank_rows is None else blank_rows
         self.kept = kept
 
     def __len__(self) -> int:

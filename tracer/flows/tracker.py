@@ -460,7 +460,7 @@ class FlowTracker:
             _, here = _find(uniq_flow, prev_flow)
             over = fresh & (prev_flow >= 0) & ~here
             if over.any():
-                self._emit_flows(st[np.unique(flow_slot[over])])
+                self._emit_flows(GatheredState(st, np.unique(flow_slot[over])))
         # Flows starting here begin blank, on their slot's endpoints.
         init = GatheredState(st, flow_slot, np.flatnonzero(fresh), self._KEPT_ON_BLANK)
         init["flow_id"] = uniq_flow
@@ -1455,7 +1455,7 @@ class FlowTracker:
         if not done.any():
             return
         gone = active[done]
-        self._emit_flows(st[gone])
+        self._emit_flows(GatheredState(st, gone))  # the columns emission reads
         self.in_use[gone] = False
         self._free = np.concatenate((self._free, gone))
         self._table.delete(self._slot_key[gone])
