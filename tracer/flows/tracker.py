@@ -471,17 +471,17 @@ class FlowTracker:
         sender_is_a = b.a_is_src
         direction = np.where(sender_is_a == init["init_is_a"][dense], 0, 1).astype(np.int64)
         b.direction = direction
-        flags = p["flags"].astype(np.int64)
+        flags = p["flags"].astype(np.int64, copy=False)
         syn = (flags & TH_SYN) != 0
         fin = (flags & TH_FIN) != 0
         rst = (flags & TH_RST) != 0
         ackf = (flags & TH_ACK) != 0
-        payload = p["payload_len"].astype(np.int64)
+        payload = p["payload_len"].astype(np.int64, copy=False)
         ts = p["ts_ns"]
         frame = p["frame"]
-        seq_raw = p["seq"].astype(np.int64)
-        ack_raw = p["ack"].astype(np.int64)
-        win_raw = p["window"].astype(np.int64)
+        seq_raw = p["seq"].astype(np.int64, copy=False)
+        ack_raw = p["ack"].astype(np.int64, copy=False)
+        win_raw = p["window"].astype(np.int64, copy=False)
 
         # Flow-direction order.
         fd = dense * 2 + direction
@@ -1554,10 +1554,11 @@ class _Columns:
         return col[rows] if col is not None else self.packets[name][rows]
 
 
-# Fields the flow stage reads for (nearly) every packet: copied dense once per batch.
-_DENSE_FIELDS = ("frame", "ts_ns", "flags", "seq", "ack", "window", "payload_len",
-                 "opt_present", "tsval", "tsecr", "src_hi", "src_lo", "sport", "dst_hi",
-                 "dst_lo", "dport")
+# Fields the flow stage reads for (nearly) every packet: copied dense once per batch, the
+# ones it computes with as int64 (never changed in place: the batch's copy is shared).
+_DENSE_FIELDS = ("frame", "ts_ns", "opt_present", "tsval", "tsecr", "src_hi", "src_lo", "sport",
+                 "dst_hi", "dst_lo", "dport")
+_WIDE_FIELDS = ("flags", "seq", "ack", "window", "payload_len")
 
 
 class PreparedPackets(_Columns):
@@ -1578,6 +1579,8 @@ def prepare_packets(packets: np.ndarray) -> PreparedPackets:
     if packets.shape[0]:
         for name in _DENSE_FIELDS:
             prepared[name]
+        for name in _WIDE_FIELDS:
+            prepared.cache[name] = packets[name].astype(np.int64)
         prepared.endpoints = _endpoint_key(prepared)
     return prepared
 
