@@ -31,7 +31,7 @@ from tracer.flows import FlowTracker, prepare_packets
 from tracer.packet import DecodeCounts
 from tracer.source import open_capture
 
-QUEUE_BATCHES = 2  # decoded batches the reader may hold ready (it overlaps the flow stage)
+QUEUE_BATCHES = 1  # decoded batches the reader may hold ready (it overlaps the flow stage)
 Progress = Callable[[int, int | None, int], None]  # bytes read, bytes total, frames so far
 
 _DONE = object()
