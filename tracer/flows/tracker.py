@@ -274,7 +274,7 @@ class FlowTracker:
         if room > 0:
             self._rtts.append(rows[:room])
             rows, seen = rows[room:], seen + room
-        pool = np.concatenate(self._rtts) if len(self._rtts) > 1 else self._rtts[0]
+        pool = _concat(self._rtts, RTT_DTYPE) if len(self._rtts) > 1 else self._rtts[0]
         # Sample number seen+i+1 replaces a random held one with probability cap/(seen+i+1).
         index = seen + 1 + np.arange(rows.shape[0])
         slots = (self._rtt_rng.random(rows.shape[0]) * index).astype(np.int64)
@@ -1697,7 +1697,15 @@ def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+    """A new table of the parts' rows; structured rows move as opaque items (numpy copies a
+    structured array field by field, ~4x slower)."""
+    dtype = np.dtype(dtype)
+    if not parts:
+        return np.zeros(0, dtype)
+    if dtype.names is None:
+        return np.concatenate(parts)
+    item = np.dtype((np.void, dtype.itemsize))
+    return np.concatenate([np.ascontiguousarray(part).view(item) for part in parts]).view(dtype)
 
 
 def _scale(window: np.ndarray, shift: np.ndarray) -> np.ndarray:
