@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from tracer.flows import vocab as fv
+from tracer.flows.segments import stable_argsort
 from tracer.packet import TH_FIN, TH_RST
 
 # HAProxy timeouts are whole milliseconds and in practice 100 ms or more; shorter silences are
@@ -97,7 +98,7 @@ class Timeline:
         if need > self.rows.shape[0]:
             grow = max(need, 2 * self.rows.shape[0])
             self.rows = np.concatenate((self.rows, blank_timeline(grow - self.rows.shape[0])))
-        o = np.argsort(flow, kind="stable")  # segment rows come in frame order
+        o = stable_argsort(flow)  # segment rows come in frame order
         flow, frame = flow[o], seg["frame"][o]
         direction = seg["direction"][o].astype(np.int8)
         ts = pk["ts_ns"][o]

@@ -314,13 +314,19 @@ def segments_with_packets(packets: np.ndarray, segments: np.ndarray
     frame order within a batch; the packet rows are moved as opaque items (fast)."""
     from tracer.flows.vocab import A_DUPLICATE
 
-    keep = (segments["flags"] & A_DUPLICATE) == 0
-    seg = segments[keep]
+    keep = np.flatnonzero((segments["flags"] & A_DUPLICATE) == 0)
+    # Rows move as opaque items: numpy moves structured rows field by field otherwise.
+    seg_items = np.ascontiguousarray(segments).view(np.dtype((np.void, segments.dtype.itemsize)))
+    seg = seg_items[keep].view(segments.dtype).reshape(-1)
     frames = packets["frame"]
-    if frames.shape[0] > 1 and not (frames[1:] > frames[:-1]).all():
+    increasing = frames.shape[0] < 2 or bool((frames[1:] > frames[:-1]).all())
+    if increasing and segments.shape[0] == frames.shape[0] \
+            and np.array_equal(segments["frame"], frames):
+        pos = keep  # one segment row per packet, both in frame order (the usual batch)
+    elif increasing:
+        pos = np.searchsorted(frames, seg["frame"])
+    else:
         order = np.argsort(frames, kind="stable")
         pos = order[np.searchsorted(frames, seg["frame"], sorter=order)]
-    else:
-        pos = np.searchsorted(frames, seg["frame"])
     items = np.ascontiguousarray(packets).view(np.dtype((np.void, packets.dtype.itemsize)))
     return seg, items[pos].view(packets.dtype).reshape(-1)

@@ -831,7 +831,8 @@ class FlowTracker:
             rows["window_raw"] = win_s
             rows["ack_rtt_ns"] = ack_rtt
             rows["dupack_count"] = dup_count
-            self._segments.append(rows[np.argsort(rows["frame"], kind="stable")])
+            order = np.argsort(rows["frame"], kind="stable")
+            self._segments.append(_take_rows_as_items(rows, order))
 
         # New state per dense flow, then back into the slots.
         fin_state = init
@@ -1694,6 +1695,13 @@ def _find(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.
         return np.zeros(queries.shape[0], np.int64), np.zeros(queries.shape[0], bool)
     pos = np.minimum(np.searchsorted(sorted_keys, queries), sorted_keys.shape[0] - 1)
     return pos, sorted_keys[pos] == queries
+
+
+def _take_rows_as_items(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`table[rows]` for a structured table, moving whole rows as opaque items (numpy moves a
+    structured row field by field otherwise, ~8x slower)."""
+    item = np.dtype((np.void, table.dtype.itemsize))
+    return np.ascontiguousarray(table).view(item)[rows].view(table.dtype)
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
