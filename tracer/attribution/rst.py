@@ -917,13 +917,14 @@ def host_min_rtt(rtts: np.ndarray, flows: np.ndarray) -> tuple[np.ndarray, np.nd
     row = np.searchsorted(flows["flow_id"], rtts["flow_id"])
     row = np.minimum(row, flows.shape[0] - 1)
     ok = flows["flow_id"][row] == rtts["flow_id"]
-    row, r = row[ok], rtts[ok]
-    responder = r["side"] == 1
+    row = row[ok]
+    responder = rtts["side"][ok] == 1
     hi = np.where(responder, flows["responder_hi"][row], flows["initiator_hi"][row])
     lo = np.where(responder, flows["responder_lo"][row], flows["initiator_lo"][row])
     keys = address_key(hi, lo)
-    o = np.lexsort((r["rtt_ns"], keys))
-    keys, rtt = keys[o], r["rtt_ns"][o]
-    first = np.ones(keys.size, bool)
-    first[1:] = keys[1:] != keys[:-1]
-    return keys[first], rtt[first]
+    if keys.size == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    o = np.argsort(keys, kind="stable")
+    keys, rtt = keys[o], rtts["rtt_ns"][ok][o]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys[starts], np.minimum.reduceat(rtt, starts)

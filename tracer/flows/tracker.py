@@ -252,7 +252,7 @@ class FlowTracker:
     def flows(self) -> np.ndarray:
         """Finished flows (with `keep_flows`), by flow id."""
         rows = _concat(self._flows, FLOW_DTYPE)
-        return rows[np.argsort(rows["flow_id"], kind="stable")]
+        return _take_rows_as_items(rows, np.argsort(rows["flow_id"], kind="stable"))
 
     @property
     def rsts(self) -> np.ndarray:
