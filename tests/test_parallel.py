@@ -82,14 +82,23 @@ def _shared_buffers() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("psm_*")}
 
 
-def test_no_shared_memory_left_behind():
+def test_growing_batches_and_no_shared_memory_left_behind():
     before = _shared_buffers()
     packets, _, _ = decode_file(CAPTURES / "demo-haproxy.pcapng")
+    single = FlowTracker()
     with ShardedFlowTracker(2) as sharded:
-        for batch in _batches(packets, 500):  # several batches in flight, buffers reused
-            sharded.add(batch)
+        # Buffers reused, then outgrown (recreated under a new name) while batches are in flight.
+        lo = 0
+        for size in (500, 500, 100, 2000, 300, 6000, packets.shape[0]):
+            batch = packets[lo:lo + size]
+            lo += size
+            if batch.shape[0]:
+                sharded.add(batch)
+                single.add(batch)
         sharded.finish()
+    single.finish()
     assert sharded.flows.shape[0] > 0
+    assert np.sort(single.flows, order="flow_id").tobytes() == sharded.flows.tobytes()
     assert _shared_buffers() - before == set()
 
 
