@@ -2,6 +2,9 @@
 
 Theory of operation, per packet batch (capture order):
 
+0. **Packet-only work** (`prepare_packets`: dense copies of the fields read for every packet,
+   endpoint keys) depends on the packets alone, so the offline pipeline does it in its reader
+   thread while the stage works on the previous batch; `add` does it itself otherwise.
 1. **Identity.** Each endpoint (address, port) is hashed to 64 bits and a segment's key is the
    sum of its two endpoints' hashes, the same in both directions; an open-addressing table
    (tracer.flows.slots) maps keys to *slots* of the flow table (new keys take free slots). A
