@@ -670,28 +670,16 @@ class FlowTracker:
         # What the other direction had done by each segment: the values at its last row
         # before this one (flow order) with some property, else the flow's carried state. The
         # highest sequence end it had sent is the inclusive running max at its last such row.
-        is0_f = dir_f == 0
-
-        def last_other(mask_f: np.ndarray) -> np.ndarray:
-            """Flow-direction position of the other direction's last earlier row in `mask_f`
-            (-1: none), in flow-direction order."""
-            j0 = sg.last_index_before(mask_f & is0_f, FS)
-            j1 = sg.last_index_before(mask_f & ~is0_f, FS)
-            j = np.where(is0_f, j1, j0)
-            out = np.full(n, -1, np.int64)
-            has = j >= 0
-            out[at_o[has]] = at_o[j[has]]
-            return out
-
         other_fd = fd_s ^ 1  # the other direction's (flow, direction) index
 
         def at_other(rows_o: np.ndarray, values_o: np.ndarray, start_fd: np.ndarray) -> np.ndarray:
             return np.where(rows_o >= 0, values_o[rows_o], start_fd[other_fd])
 
         def narrowed(j_any: np.ndarray, has: np.ndarray) -> np.ndarray:
-            """`last_other` for rows with property `has` (flow-direction order), from
-            `j_any` = last_other(live_f): where the other direction's last live row has the
-            property (nearly everywhere: the exceptions are SYNs without ACK and RSTs), it is
+            """Per row (flow-direction order): the flow-direction position of the other
+            direction's last earlier row with property `has` (-1: none), from `j_any`, the
+            same for a wider property: where j_any's row has the property too (nearly
+            everywhere: the exceptions are capture copies, SYNs without ACK and RSTs), it is
             the answer; elsewhere one binary search among that direction's rows with it."""
             j = j_any.copy()
             bad = np.flatnonzero((j >= 0) & ~has[np.maximum(j, 0)])
@@ -713,7 +701,17 @@ class FlowTracker:
                 j[bad] = found
             return j
 
-        j_live = last_other(live_f)
+        # The other direction's last earlier row is the row before this row's run of one
+        # direction (flow order); `narrowed` then steps past capture copies to a live one.
+        run_start = np.ones(n, bool)
+        if n > 1:
+            run_start[1:] = dir_f[1:] != dir_f[:-1]
+        run_start |= FS.starts
+        run_first = np.maximum.accumulate(np.where(run_start, np.arange(n), 0))
+        before_run = np.where(run_first > FS.start_row, run_first - 1, -1)
+        j_any = np.empty(n, np.int64)
+        j_any[at_o] = np.where(before_run >= 0, at_o[np.maximum(before_run, 0)], -1)
+        j_live = narrowed(j_any, live)
         j_sent = narrowed(j_live, live & ~rst_s)
         j_ack = narrowed(j_live, live & ack_s)
         sent_through = np.maximum(next_before, np.where(live & ~rst_s, end, NO_SEQ))
