@@ -37,15 +37,17 @@ def _memory_kb() -> dict[str, int]:
 def decode_file(path: str, *, flows: bool = False, jobs: int = 1) -> dict[str, float | int | None]:
     from tracer.decode import decode_frames
     from tracer.flows import FlowTracker, prepare_packets
-    from tracer.parallel import ShardedFlowTracker
     from tracer.pipeline import coalesced, consume, run
     from tracer.source import open_capture
 
     # As `tracer analyze` runs it: finished-flow rows are counted, not kept.
     tracker = None
-    if flows:
-        tracker = (ShardedFlowTracker(jobs, keep_flows=False) if jobs > 1
-                   else FlowTracker(keep_flows=False))
+    if flows and jobs > 1:
+        from tracer.parallel import ShardedFlowTracker  # multiprocessing: only when asked
+
+        tracker = ShardedFlowTracker(jobs, keep_flows=False)
+    elif flows:
+        tracker = FlowTracker(keep_flows=False)
 
     frames = tcp_packets = batches = 0
     # mapped file pages count in RSS but are the page cache's, not ours: anonymous memory is

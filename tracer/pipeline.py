@@ -20,16 +20,19 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tracer.analysis import AttributionOptions, CaptureAnalysis
 from tracer.decode import decode_frames, decode_frames_with_payload, flag_counts
 from tracer.decode.payload import PayloadRequest
 from tracer.filter import Mask
 from tracer.flows import FlowTracker, prepare_packets
 from tracer.packet import DecodeCounts
 from tracer.source import open_capture
+
+if TYPE_CHECKING:
+    from tracer.analysis import AttributionOptions, CaptureAnalysis
 
 QUEUE_BATCHES = 1  # decoded batches the reader may hold ready (it overlaps the flow stage)
 Progress = Callable[[int, int | None, int], None]  # bytes read, bytes total, frames so far
@@ -151,6 +154,8 @@ async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = 
     `flow_timeouts` (idle_timeout_s, closed_timeout_s) go to the flow stage."""
     paths = path if isinstance(path, list) else [path]
     labels = ["<stdin>" if p == "-" else p for p in paths]
+    from tracer.analysis import AttributionOptions  # the analysis stack: only for analyses
+
     options = attribution or AttributionOptions()
     flow_options = {"keep_flows": options.enabled, "keep_segments": options.enabled,
                     **(flow_timeouts or {})}
@@ -170,6 +175,8 @@ async def analyze_native(path: str | list[str], *, packet_filter: Mask | None = 
 
 async def _analyze_native(paths, labels, options, tracker, packet_filter, filter_expr,
                           progress) -> tuple[CaptureAnalysis, dict]:
+    from tracer.analysis import CaptureAnalysis
+
     analysis = CaptureAnalysis(path=" + ".join(labels), engine="native", options=options,
                                flows=tracker)
     facts = {"format": [], "compressed": False, "linktypes": [], "leftover": 0,
@@ -231,6 +238,7 @@ async def analyze_pyshark(path: str, *, packet_filter: Mask | None = None,
                           filter_expr: str | None = None,
                           progress: Progress | None = None,
                           attribution: AttributionOptions | None = None) -> tuple[CaptureAnalysis, dict]:
+    from tracer.analysis import AttributionOptions, CaptureAnalysis
     from tracer.source.pyshark_engine import read_packets_pyshark
 
     spooled = None
