@@ -11,6 +11,8 @@ Rules:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 NO_TIME = -1
@@ -222,11 +224,16 @@ def rows_view(col: np.ndarray) -> np.ndarray:
     moves one item per row: numpy's fancy indexing of 2-D rows is ~10x slower."""
     if col.ndim == 1:
         return col
-    width = col.dtype.itemsize * int(np.prod(col.shape[1:]))
+    width = col.dtype.itemsize * math.prod(col.shape[1:])
     return col.view(_ROW_TYPES.get(width, np.dtype((np.void, width)))).reshape(col.shape[0])
 
 
 def take_rows(col: np.ndarray, key) -> np.ndarray:
+    """Rows `key` (indices, a mask or a slice) of a column, 2-D columns moved as items."""
+    if isinstance(key, np.ndarray) and key.dtype.kind in "iu":
+        # ndarray.take: the same gather as col[key] without the indexing machinery (~20%)
+        return col.take(key) if col.ndim == 1 else \
+            rows_view(col).take(key).view(col.dtype).reshape(key.shape[0], *col.shape[1:])
     if col.ndim == 1:
         return col[key]
     rows = rows_view(col)[key]

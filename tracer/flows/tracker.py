@@ -321,17 +321,16 @@ class FlowTracker:
 
     def _slots(self, p: PreparedPackets) -> tuple[np.ndarray, np.ndarray]:
         key, a_is_src, check = p.endpoints
-        key = usable(key)
-        slot = self._table.lookup(key)
+        # The table is asked once per distinct pair of the batch (a batch holds ~10 packets of
+        # each): prepare_packets grouped the keys.
+        pair_keys, pair_first, pair_of_row = p.pairs
+        pair_slot = self._table.lookup(pair_keys)
         st = self.state
-        found = slot >= 0
-        if not found.all():
-            missing = np.flatnonzero(~found)
-            uniq, first, inverse = np.unique(key[missing], return_index=True,
-                                             return_inverse=True)
-            fresh = self._allocate(uniq.size)
+        missing = np.flatnonzero(pair_slot < 0)
+        if missing.size:
+            fresh = self._allocate(missing.size)
             st = self.state  # _allocate may have grown it; free slots are blank (see _evict)
-            rows = missing[first]
+            rows = pair_first[missing]
             src_a = a_is_src[rows]
             for field, src_name, dst_name in (("hi", "src_hi", "dst_hi"), ("lo", "src_lo", "dst_lo"),
                                               ("port", "sport", "dport")):
@@ -339,13 +338,14 @@ class FlowTracker:
                 st["a_" + field][fresh] = np.where(src_a, src, dst)
                 st["b_" + field][fresh] = np.where(src_a, dst, src)
             st["pair_check"][fresh] = check[rows]
-            self._table.insert(uniq, fresh)
-            self._slot_key[fresh] = uniq
-            slot[missing] = fresh[inverse.reshape(-1)]
+            self._table.insert(pair_keys[missing], fresh)
+            self._slot_key[fresh] = pair_keys[missing]
+            pair_slot[missing] = fresh
+        slot = pair_slot.take(pair_of_row)
         # Two 4-tuples with one 64-bit key (odds ~ flows**2 / 2**65) would share a slot: their
         # check words differ (unless both 64-bit endpoint hashes collide too), so such packets
         # are counted rather than merged silently.
-        same = st["pair_check"][slot] == check
+        same = st["pair_check"].take(slot) == check
         if not same.all():
             self.counts.hash_collisions += int(np.count_nonzero(~same))
         return slot, a_is_src
@@ -1567,11 +1567,15 @@ class PreparedPackets(_Columns):
     """A packet batch with the flow stage's per-packet work that needs no flow state done:
     dense copies of the fields it reads, and the endpoint keys (see `prepare_packets`)."""
 
-    __slots__ = ("endpoints",)
+    __slots__ = ("endpoints", "pairs")
 
     def __init__(self, packets: np.ndarray) -> None:
         super().__init__(packets)
+        # Per packet: the flow table key of its endpoint pair, whether its source is the
+        # pair's endpoint a, the pair's check word (see _endpoint_key).
         self.endpoints: tuple[np.ndarray, np.ndarray, np.ndarray] = ()
+        # The batch's distinct keys (sorted), the first row of each, each row's key among them.
+        self.pairs: tuple[np.ndarray, np.ndarray, np.ndarray] = ()
 
 
 def prepare_packets(packets: np.ndarray) -> PreparedPackets:
@@ -1583,8 +1587,25 @@ def prepare_packets(packets: np.ndarray) -> PreparedPackets:
             prepared[name]
         for name in _WIDE_FIELDS:
             prepared.cache[name] = packets[name].astype(np.int64)
-        prepared.endpoints = _endpoint_key(prepared)
+        key, a_is_src, check = _endpoint_key(prepared)
+        key = usable(key)
+        prepared.endpoints = key, a_is_src, check
+        prepared.pairs = _distinct(key)
     return prepared
+
+
+def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`np.unique(keys, return_index=True, return_inverse=True)` with one unstable sort: the
+    first row of a key is the lowest row among its equals, whatever order the sort left them."""
+    order = np.argsort(keys)
+    ordered = keys.take(order)
+    starts = sg.starts_of(ordered)
+    first_pos = np.flatnonzero(starts)
+    rank = np.cumsum(starts, dtype=np.int64)
+    rank -= 1
+    inverse = np.empty(keys.shape[0], np.int64)
+    inverse[order] = rank
+    return ordered.take(first_pos), np.minimum.reduceat(order, first_pos), inverse
 
 
 class _Batch:
