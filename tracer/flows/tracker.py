@@ -373,7 +373,7 @@ class FlowTracker:
         # Only slots where something can happen need the work below: a SYN (port reuse, new
         # reference), no flow yet, or an endpoint without a reference. Elsewhere the packet
         # belongs to its slot's flow and no reference changes.
-        flow_of_slot = st["flow_id"][b.slot]
+        flow_of_slot = st["flow_id"].take(b.slot)
         # (slot, endpoint) pairs as flat indices: numpy's 2-D fancy indexing is much slower.
         involved = syn | (flow_of_slot < 0) | ~_flat(st["ref_valid"])[b.slot * 2 + endpoint]
         flow_id = flow_of_slot
@@ -381,7 +381,7 @@ class FlowTracker:
         if involved.any():
             marked = np.zeros(st.shape[0], bool)
             marked[b.slot[involved]] = True
-            rows = np.flatnonzero(marked[b.slot])
+            rows = np.flatnonzero(marked.take(b.slot))
             sub_flow, sub_reused = self._assign_rows(b.slot[rows], endpoint[rows], flags[rows],
                                                      p["seq"][rows], p["frame"][rows])
             flow_id[rows] = sub_flow
@@ -472,7 +472,7 @@ class FlowTracker:
         if fresh.any():
             self._initiators(init, fresh, first_row, b)
         sender_is_a = b.a_is_src
-        direction = np.where(sender_is_a == init["init_is_a"][dense], 0, 1).astype(np.int64)
+        direction = np.where(sender_is_a == init["init_is_a"].take(dense), 0, 1).astype(np.int64)
         b.direction = direction
         flags = p["flags"].astype(np.int64, copy=False)
         syn = (flags & TH_SYN) != 0
@@ -489,11 +489,11 @@ class FlowTracker:
         # Flow-direction order.
         fd = dense * 2 + direction
         o = sg.stable_argsort(fd)
-        fd_s = fd[o]
+        fd_s = fd.take(o)
         seg = fd_s  # segments numbered by fd directly (2 per dense flow)
         nseg = 2 * nf
         S = sg.Segments(fd_s, nseg)
-        ts_o, frame_o, ack_o, seq_o = ts[o], frame[o], ack_raw[o], seq_raw[o]
+        ts_o, frame_o, ack_o, seq_o = ts.take(o), frame.take(o), ack_raw.take(o), seq_raw.take(o)
         init_fd = lambda name: init[name].reshape(-1)  # noqa: E731 - (nf, 2) -> per fd
 
         # Bases: the state's, else the earlier of this direction's first segment and the other
@@ -523,16 +523,16 @@ class FlowTracker:
         base_valid |= use_seq | use_ack
 
         # Unwrapped sequence numbers, per direction in frame order.
-        rel = (seq_o - base[fd_s]) & MASK32
+        rel = (seq_o - base.take(fd_s)) & MASK32
         prev_rel = np.where(init_fd("base_valid") & (init_fd("packets") > 0),
                             init_fd("seq_last_rel").astype(np.int64), 0)
         prev_rel_row = sg.previous_in(rel, S, prev_rel)
         start_unw = np.where(init_fd("packets") > 0, init_fd("seq_last"), 0)
         seq_unw = sg.cumsum_in(_wrap32(rel - prev_rel_row), S, start_unw)
-        flags_o = flags[o]
+        flags_o = flags.take(o)
         syn_s, fin_s = (flags_o & TH_SYN) != 0, (flags_o & TH_FIN) != 0
         rst_s, ack_s = (flags_o & TH_RST) != 0, (flags_o & TH_ACK) != 0
-        pay_s = payload[o]
+        pay_s = payload.take(o)
         seg_len = pay_s + syn_s + fin_s
         end = np.where(rst_s, seq_unw, seq_unw + seg_len)
         # Unwrapped ACK numbers (relative to the other direction's base), over ACK rows only.
@@ -550,19 +550,19 @@ class FlowTracker:
 
         # Flow order (dense flow, frame), and where each flow-direction row sits in it.
         fo = sg.stable_argsort(dense)
-        fseg = dense[fo]
+        fseg = dense.take(fo)
         FS = sg.Segments(fseg, nf)
-        ts_fo, frame_fo = ts[fo], frame[fo]
+        ts_fo, frame_fo = ts.take(fo), frame.take(fo)
         inv_o = np.empty(n, np.int64)
         inv_o[o] = np.arange(n)
-        at_o = inv_o[fo]  # position in flow-direction order of each flow-order row
+        at_o = inv_o.take(fo)  # position in flow-direction order of each flow-order row
         fo_pos = np.empty(n, np.int64)
         fo_pos[at_o] = np.arange(n)  # position in flow order of each flow-direction row
 
         # Capture duplicates: the very same packet as the previous one of the flow, with
         # nothing from the other side in between (a resend follows ACKs or a timer). The
         # flow's last packet of the previous batch is remembered by its fingerprint.
-        dir_fo, ts_f = direction[fo], ts_fo
+        dir_fo, ts_f = direction.take(fo), ts_fo
         first_f = FS.starts
         prev_dir = np.empty(n, np.int64)
         prev_ts = np.empty(n, np.int64)
@@ -616,12 +616,12 @@ class FlowTracker:
         has_next = next_before > NO_SEQ
         # Previous live segment of this direction: its ACK, window, time.
         prev_idx = sg.last_index_before(live, S)
-        has_prev = (prev_idx >= 0) | (init_fd("packets")[seg] > 0)
+        has_prev = (prev_idx >= 0) | (init_fd("packets").take(seg) > 0)
         prev_ack_raw = np.where(prev_idx >= 0, ack_o[np.maximum(prev_idx, 0)],
-                                init_fd("last_ack_raw")[seg].astype(np.int64))
-        win_s = win_raw[o]
+                                init_fd("last_ack_raw").take(seg).astype(np.int64))
+        win_s = win_raw.take(o)
         prev_win = np.where(prev_idx >= 0, win_s[np.maximum(prev_idx, 0)],
-                            init_fd("last_window")[seg])
+                            init_fd("last_window").take(seg))
         # When the highest sequence end was last raised (Wireshark's nextseqtime).
         advanced = live & ~rst_s & (end > next_before)
         next_seq_ts = sg.ffill_before(ts_o, advanced, S, init_fd("next_seq_ts"))
@@ -636,13 +636,13 @@ class FlowTracker:
         dup_count = np.where(
             last_reset >= 0,
             dup_total - dup_total[np.maximum(last_reset, 0)],
-            dup_total + init_fd("dupacks")[seg],
+            dup_total + init_fd("dupacks").take(seg),
         )
         dup_count = np.where(dupack, dup_count, 0)
 
         # Window scale: from the direction's SYN (only if both SYNs carried the option).
         wscale_fd = init_fd("wscale").astype(np.int64).copy()
-        opt_o = p["opt_present"][o]
+        opt_o = p["opt_present"].take(o)
         syn_ws = syn_s & ((opt_o & OPT_WSCALE) != 0)
         if syn_ws.any():
             wscale_fd[seg[syn_ws]] = np.minimum(p.at("wscale", o[syn_ws]).astype(np.int64),
@@ -654,7 +654,7 @@ class FlowTracker:
         both = (wscale_fd.reshape(nf, 2) >= 0).all(axis=1)
         no_scaling = ((wscale_fd.reshape(nf, 2) == -2).any(axis=1))
         shift_fd = np.where(np.repeat(both, 2), wscale_fd, np.where(np.repeat(no_scaling, 2), 0, -1))
-        shift_row = shift_fd[seg]
+        shift_row = shift_fd.take(seg)
         # SYN segments are never scaled.
         win_scaled = np.where(syn_s, win_s, np.where(shift_row >= 0, win_s << np.maximum(shift_row, 0), win_s))
 
@@ -665,8 +665,8 @@ class FlowTracker:
                                hs["hs_ack_ts"] - hs["syn_ts"], -1)
 
         # The other direction's view at each segment: flow order (dense, frame).
-        dir_f = direction[fo]
-        live_f = live[at_o]
+        dir_f = direction.take(fo)
+        live_f = live.take(at_o)
         # What the other direction had done by each segment: the values at its last row
         # before this one (flow order) with some property, else the flow's carried state. The
         # highest sequence end it had sent is the inclusive running max at its last such row.
@@ -684,7 +684,7 @@ class FlowTracker:
             j = j_any.copy()
             bad = np.flatnonzero((j >= 0) & ~has[np.maximum(j, 0)])
             if bad.size:
-                has_f = has[at_o]
+                has_f = has.take(at_o)
                 where_f = fo_pos[bad]
                 wanted = 1 - dir_f[where_f]
                 found = np.full(bad.size, -1, np.int64)
@@ -775,7 +775,7 @@ class FlowTracker:
         ack_rtt = self._data_rtt(uniq_flow, fd_s, live, ack_s, ack_unw_s, end, pay_s,
                                  rst_s, retrans_like, ts_o, frame_o, own_max_ack)
         self._handshake_rtt(hs, uniq_flow, init)
-        p_o = {"opt_present": opt_o, "tsval": p["tsval"][o], "tsecr": p["tsecr"][o]}
+        p_o = {"opt_present": opt_o, "tsval": p["tsval"].take(o), "tsecr": p["tsecr"].take(o)}
         self._timestamp_rtt(p_o, uniq_flow, fd_s, live, ack_s, ts_o, frame_o)
 
         # RST events.
@@ -784,7 +784,7 @@ class FlowTracker:
             # Facts only RSTs need, looked up at the RST rows instead of scanned for all rows:
             # each is "the last earlier segment of one direction with some property".
             positions = fo_pos[rst_rows]
-            rst_f = rst[fo]
+            rst_f = rst.take(fo)
             # Each fact: (which flow-order rows j have the property, its value at j, carried
             # start per direction).
             specs = {
