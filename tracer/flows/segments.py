@@ -32,8 +32,8 @@ _BOUND = 2**40
 class Segments:
     """A sorted segment-number array with its boundaries computed once."""
 
-    __slots__ = ("seg", "n", "nseg", "starts", "first_rows", "last_rows", "start_row",
-                 "first_seg", "last_seg", "rows", "_seg64", "_lift")
+    __slots__ = ("seg", "n", "nseg", "starts", "first_rows", "last_rows",
+                 "first_seg", "last_seg", "rows", "_seg64", "_lift", "_start_row")
 
     def __init__(self, seg: np.ndarray, nseg: int | None = None) -> None:
         self.seg = seg
@@ -48,11 +48,23 @@ class Segments:
         self.last_seg = seg[self.last_rows]
         self.nseg = (int(seg[-1]) + 1 if n else 0) if nseg is None else nseg
         self.rows = np.arange(n, dtype=np.int64)
-        # Row index of the start of each row's segment.
-        self.start_row = np.maximum.accumulate(np.where(self.starts, self.rows, 0)) if n \
-            else np.zeros(0, np.int64)
         self._seg64 = None
         self._lift = None
+        self._start_row = None
+
+    def per_segment(self, values: np.ndarray) -> np.ndarray:
+        """`values` (one per non-empty segment, in segment order) spread to every row of its
+        segment: a lookup table indexed by segment number (a gather, not a scan)."""
+        table = np.empty(self.nseg, values.dtype)
+        table[self.first_seg] = values
+        return table.take(self.seg)
+
+    @property
+    def start_row(self) -> np.ndarray:
+        """Row index of the start of each row's segment."""
+        if self._start_row is None:
+            self._start_row = self.per_segment(self.first_rows)
+        return self._start_row
 
     @property
     def seg64(self) -> np.ndarray:
@@ -166,7 +178,8 @@ def last_index_before(valid: np.ndarray, seg) -> np.ndarray:
     if n > 1:
         idx = np.where(valid[:-1], s.rows[:-1], -1)
         np.maximum.accumulate(idx, out=out[1:])
-        out[out < s.start_row] = -1
+        # (np.where: a masked assignment branches per row, several times slower)
+        out = np.where(out >= s.start_row, out, -1)
     return out
 
 
@@ -175,10 +188,9 @@ def ffill_before(values: np.ndarray, valid: np.ndarray, seg,
     """The value of the last earlier `valid` row of the same segment, else `init[seg]`."""
     s = _segments(seg)
     prev = last_index_before(valid, s)
-    out = init[s.seg]
+    out = init.take(s.seg)
     if values.size:
-        has = prev >= 0
-        np.copyto(out, values[prev], where=has, casting="unsafe")
+        out = np.where(prev >= 0, values.take(prev), out).astype(out.dtype, copy=False)
     return out
 
 
@@ -200,9 +212,10 @@ def cumsum_in(values: np.ndarray, seg, init: np.ndarray) -> np.ndarray:
     total = np.cumsum(values)
     if values.size == 0:
         return total
-    before_segment = total[s.start_row] - values[s.start_row]
-    total -= before_segment
-    total += init[s.seg]
+    # Per segment: what the global sum had reached before it, less the segment's start value.
+    first = s.first_rows
+    offset = total.take(first) - values.take(first) - init.take(s.first_seg)
+    total -= s.per_segment(offset)
     return total
 
 
