@@ -54,3 +54,21 @@ def test_scans_match_loops(layout):
     small = np.clip(values, -1000, 1000)
     expect_sum = _loop(seg, lambda i, e: init[seg[i]] % 1000 + sum(small[j] for j in e) + small[i])
     assert np.array_equal(sg.cumsum_in(small, s, init % 1000), expect_sum)
+
+
+@settings(max_examples=300, deadline=None)
+@given(layouts())
+def test_reduce_where_matches_loops(layout):
+    # Sparse masks take the path over their own rows, dense ones the masked full reduction.
+    seg, nseg, values, valid, _ = layout
+    s = sg.Segments(seg, nseg)
+    for ufunc, fill in ((np.minimum, 2**62), (np.maximum, NO), (np.add, 0)):
+        if ufunc is np.add:
+            values = np.clip(values, -1000, 1000)
+        expect = np.full(nseg, fill, np.int64)
+        for i in range(seg.size):
+            if valid[i]:
+                expect[seg[i]] = ufunc(expect[seg[i]], values[i]) if ufunc is not np.add \
+                    else expect[seg[i]] + values[i]
+        got = sg.reduce_where(ufunc, values, valid, s, nseg, fill)
+        assert np.array_equal(got, expect), ufunc.__name__

@@ -249,6 +249,23 @@ def reduce_by(ufunc: np.ufunc, values: np.ndarray, seg, nseg: int,
     return out
 
 
+def reduce_where(ufunc: np.ufunc, values: np.ndarray, mask: np.ndarray, seg, nseg: int,
+                 fill) -> np.ndarray:
+    """`ufunc` over each segment's values at the rows where `mask` holds; `fill` where a
+    segment has none. Rare masks (FINs, RSTs) are reduced over their own rows only."""
+    s = _segments(seg)
+    rows = np.flatnonzero(mask)
+    if rows.size > mask.shape[0] >> 3:
+        return reduce_by(ufunc, np.where(mask, values, fill).astype(values.dtype, copy=False),
+                         s, nseg, fill)
+    out = np.full(nseg, fill, dtype=values.dtype)
+    if rows.size:
+        segs = s.seg.take(rows)
+        starts = np.flatnonzero(starts_of(segs))
+        out[segs.take(starts)] = ufunc.reduceat(values.take(rows), starts)
+    return out
+
+
 def reduce_by_key(ufunc: np.ufunc, values: np.ndarray, keys: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(distinct keys, `ufunc` over each key's values), for unsorted keys."""

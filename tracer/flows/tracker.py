@@ -907,10 +907,10 @@ class FlowTracker:
         fin_state["payload_bytes"] += sg.reduce_by(np.add, np.where(live, pay_s, 0), S, nseg,
                                                    0).reshape(nf, 2)
         never = np.iinfo(np.int64).max
-        fts = sg.reduce_by(np.minimum, np.where(fin_s & live, ts_o, never), S, nseg, never)
+        fts = sg.reduce_where(np.minimum, ts_o, fin_s & live, S, nseg, never)
         fts = np.where(fts == np.iinfo(np.int64).max, NO_TIME, fts).reshape(nf, 2)
         fin_state["fin_ts"] = np.where(fin_state["fin_ts"] >= 0, fin_state["fin_ts"], fts)
-        rts = sg.reduce_by(np.minimum, np.where(rst_s & live, ts_o, never), S, nseg, never)
+        rts = sg.reduce_where(np.minimum, ts_o, rst_s & live, S, nseg, never)
         rts = np.where(rts == np.iinfo(np.int64).max, NO_TIME, rts).reshape(nf, 2)
         fin_state["first_rst_ts"] = np.where(fin_state["first_rst_ts"] >= 0,
                                              fin_state["first_rst_ts"], rts)
