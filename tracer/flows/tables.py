@@ -256,6 +256,11 @@ class StateTable(Columns):
 
     __slots__ = ()
 
+    def clear(self, rows: np.ndarray) -> None:
+        """Make `rows` blank flows again."""
+        for name, col in self.cols.items():
+            blank_rows(col, name, rows)
+
     @classmethod
     def blank(cls, n: int) -> StateTable:
         cols = {}
@@ -265,9 +270,20 @@ class StateTable(Columns):
         return cls(cols)
 
 
-def state_fill(name: str):
-    """The value a blank flow has in state column `name`."""
-    return _STATE_FILL.get(name, 0)
+_BLANK_ITEMS: dict[str, np.ndarray] = {}
+
+
+def blank_rows(col: np.ndarray, name: str, rows: np.ndarray) -> None:
+    """Set `rows` of state column `name` to a blank flow's value, in place. A 2-D column is
+    written as one item per row (numpy's fancy assignment of 2-D rows is ~6x slower)."""
+    if col.ndim == 1:
+        col[rows] = _STATE_FILL.get(name, 0)
+        return
+    item = _BLANK_ITEMS.get(name)
+    if item is None:
+        item = _BLANK_ITEMS[name] = rows_view(
+            np.full((1, *col.shape[1:]), _STATE_FILL.get(name, 0), col.dtype))[0]
+    rows_view(col)[rows] = item
 
 
 class GatheredState(Columns):
@@ -308,7 +324,7 @@ class GatheredState(Columns):
         if col is None:
             col = take_rows(self.source.cols[key], self.rows)
             if self.blank_rows.size and key not in self.kept:
-                col[self.blank_rows] = state_fill(key)
+                blank_rows(col, key, self.blank_rows)
             self.cols[key] = col
         return col
 

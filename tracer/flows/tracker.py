@@ -71,9 +71,9 @@ from tracer.flows.tables import (
     SEGMENT_DTYPE,
     Columns,
     GatheredState,
+    blank_rows,
     blank_state,
     rows_view,
-    state_fill,
     take_rows,
 )
 from tracer.packet import OPT_TIMESTAMP, OPT_WSCALE, TH_ACK, TH_FIN, TH_RST, TH_SYN
@@ -992,7 +992,7 @@ class FlowTracker:
             targets = slots[reused]
             for name in st.cols:
                 if name not in fin_state.loaded and name not in self._KEPT_ON_BLANK:
-                    st[name][targets] = state_fill(name)
+                    blank_rows(st[name], name, targets)
 
     def _settle_holes(self, uniq_flow, fd_s, frame_o, seq_unw, end, live, ack_s, ack_unw_s,
                       retrans_like, lost, next_before, flags_out) -> None:
@@ -1461,7 +1461,7 @@ class FlowTracker:
         self.in_use[gone] = False
         self._free = np.concatenate((self._free, gone))
         self._table.delete(self._slot_key[gone])
-        st[gone] = blank_state(gone.size)
+        st.clear(gone)
         alive_ids = st["flow_id"][self.in_use]
         if self._rst_watch.size:
             self._rst_watch = self._rst_watch[np.isin(self._rst_watch["flow_id"], alive_ids)]
