@@ -590,7 +590,7 @@ class FlowTracker:
         need[FS.last_rows] = True
         need_rows = np.flatnonzero(need)
         fp_f = np.zeros(n, np.uint64)
-        fp_f[need_rows] = _fingerprint(p, fo[need_rows])
+        fp_f[need_rows] = p.fingerprints.take(fo.take(need_rows))
         dup_f = np.zeros(n, bool)
         if near_rows.size:
             prev_fp = np.where(first_f[near_rows], init["last_fp"][fseg[near_rows]],
@@ -1559,7 +1559,7 @@ class _Columns:
 # Fields the flow stage reads for (nearly) every packet: copied dense once per batch, the
 # ones it computes with as int64 (never changed in place: the batch's copy is shared).
 _DENSE_FIELDS = ("frame", "ts_ns", "opt_present", "tsval", "tsecr", "src_hi", "src_lo", "sport",
-                 "dst_hi", "dst_lo", "dport")
+                 "dst_hi", "dst_lo", "dport", "ttl", "ip_version", "ip_id", "iface")
 _WIDE_FIELDS = ("flags", "seq", "ack", "window", "payload_len")
 
 
@@ -1567,7 +1567,7 @@ class PreparedPackets(_Columns):
     """A packet batch with the flow stage's per-packet work that needs no flow state done:
     dense copies of the fields it reads, and the endpoint keys (see `prepare_packets`)."""
 
-    __slots__ = ("endpoints", "pairs")
+    __slots__ = ("endpoints", "pairs", "fingerprints")
 
     def __init__(self, packets: np.ndarray) -> None:
         super().__init__(packets)
@@ -1576,6 +1576,8 @@ class PreparedPackets(_Columns):
         self.endpoints: tuple[np.ndarray, np.ndarray, np.ndarray] = ()
         # The batch's distinct keys (sorted), the first row of each, each row's key among them.
         self.pairs: tuple[np.ndarray, np.ndarray, np.ndarray] = ()
+        # Per packet: the fingerprint capture copies are recognised by (see _fingerprint).
+        self.fingerprints = np.zeros(0, np.uint64)
 
 
 def prepare_packets(packets: np.ndarray) -> PreparedPackets:
@@ -1591,6 +1593,7 @@ def prepare_packets(packets: np.ndarray) -> PreparedPackets:
         key = usable(key)
         prepared.endpoints = key, a_is_src, check
         prepared.pairs = _distinct(key)
+        prepared.fingerprints = _fingerprint(prepared)
     return prepared
 
 
@@ -1621,12 +1624,18 @@ class _Batch:
         self.direction = np.empty(0, np.int64)
 
 
-def _fingerprint(p: _Columns, rows: np.ndarray) -> np.ndarray:
-    """At `rows`: a hash of every header field a resend would change (not the capture time).
-    Fields are packed into 64-bit words first, so the hash mixes four words (eight with SACK
-    blocks), not 20 fields."""
-    def u64(name: str) -> np.ndarray:
-        return p.at(name, rows).astype(np.uint64)
+def _fingerprint(p: _Columns, rows: np.ndarray | None = None) -> np.ndarray:
+    """At `rows` (default: every row): a hash of every header field a resend would change (not
+    the capture time). Fields are packed into 64-bit words first, so the hash mixes four words
+    (eight with SACK blocks), not 20 fields."""
+    if rows is None:
+        rows = np.arange(p.shape[0])
+
+        def u64(name: str) -> np.ndarray:
+            return p[name].astype(np.uint64)
+    else:
+        def u64(name: str) -> np.ndarray:
+            return p.at(name, rows).astype(np.uint64)
 
     words = [
         (u64("seq") << np.uint64(32)) | u64("ack"),
