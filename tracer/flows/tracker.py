@@ -1078,14 +1078,12 @@ class FlowTracker:
 
     def _handshake(self, init, nf, dense, direction, syn, ackf, rst, ts, frame, seq_raw, ack_raw):
         """First SYN (initiator), SYN/ACK (responder) and the ACK completing the handshake."""
-        hs = np.zeros(nf, [("syn_ts", np.int64), ("synack_ts", np.int64), ("hs_ack_ts", np.int64),
-                           ("synack_seq", np.uint32), ("synack_valid", np.bool_),
-                           ("syn_frame", np.int64), ("synack_frame", np.int64),
-                           ("syn_count", np.int64), ("synack_count", np.int64),
-                           ("hs_ambiguous", np.bool_, (2,))])
-        for name in ("syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid",
-                     "syn_count", "synack_count", "hs_ambiguous"):
-            hs[name] = init[name]
+        # One dense column per fact (a structured array's fields would be strided).
+        hs = {name: init[name].copy() for name in (
+            "syn_ts", "synack_ts", "hs_ack_ts", "synack_seq", "synack_valid", "syn_count",
+            "synack_count", "hs_ambiguous")}
+        hs["syn_frame"] = np.zeros(nf, np.int64)
+        hs["synack_frame"] = np.zeros(nf, np.int64)
         big = np.iinfo(np.int64).max
         # SYNs are few: work on their rows (indices) rather than on whole-batch masks.
         syn_any = np.flatnonzero(syn)
@@ -1450,9 +1448,11 @@ class FlowTracker:
         if finish:
             done = np.ones(active.size, bool)
         else:
-            quiet = self.latest_ts - st["last_ts"][active]
-            closed = ((st["rst_count"][active].sum(axis=1) > 0)
-                      | (st["fin_ts"][active] >= 0).all(axis=1))
+            quiet = self.latest_ts - st["last_ts"].take(active)
+            # Whole columns first, then one gather: numpy's fancy indexing of 2-D rows is slow.
+            rsts, fins = st["rst_count"], st["fin_ts"]
+            closed = ((rsts[:, 0] > 0) | (rsts[:, 1] > 0)
+                      | ((fins[:, 0] >= 0) & (fins[:, 1] >= 0))).take(active)
             done = (closed & (quiet > self.closed_timeout_ns)) | (quiet > self.idle_timeout_ns)
         if not done.any():
             return
