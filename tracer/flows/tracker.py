@@ -3,11 +3,13 @@
 Theory of operation, per packet batch (capture order):
 
 0. **Packet-only work** (`prepare_packets`: dense copies of the fields read for every packet,
-   endpoint keys) depends on the packets alone, so the offline pipeline does it in its reader
-   thread while the stage works on the previous batch; `add` does it itself otherwise.
+   endpoint keys grouped into the batch's distinct pairs, capture-copy fingerprints) depends
+   on the packets alone, so the offline pipeline does it in its reader thread while the stage
+   works on the previous batch; `add` does it itself otherwise.
 1. **Identity.** Each endpoint (address, port) is hashed to 64 bits and a segment's key is the
    sum of its two endpoints' hashes, the same in both directions; an open-addressing table
-   (tracer.flows.slots) maps keys to *slots* of the flow table (new keys take free slots). A
+   (tracer.flows.slots) maps keys to *slots* of the flow table (new keys take free slots),
+   asked once per distinct pair of the batch (~10 packets each), not once per packet. A
    slot also keeps a check word (the lower endpoint hash), so two 4-tuples sharing a key are
    counted as a collision, not merged silently. A slot holds one flow at a time. The
    per-flow state is kept as columns (tables.StateTable); a batch gathers the columns it uses
